@@ -1,0 +1,308 @@
+//! Block backends. All calls are blocking; callers run them off the async
+//! workers.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
+
+/// A byte-addressed store with durable flush.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Size in bytes.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `buf`; with `fua` the data is durable when this returns.
+    fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Deallocates a range; later reads return zeros.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Grows the store (shrinking is not supported).
+    fn grow(&self, new_len: u64) -> io::Result<()>;
+    fn describe(&self) -> String;
+}
+
+/// A sparse file, or a raw block device opened as a file.
+#[derive(Debug)]
+pub struct FileBackend {
+    file: File,
+    path: PathBuf,
+    len: RwLock<u64>,
+    block_device: bool,
+}
+
+impl FileBackend {
+    /// Opens `path`, creating a sparse file of `size` bytes if it is missing.
+    /// An existing file shorter than `size` is grown; a longer one is kept.
+    pub fn open_or_create(path: &Path, size: u64) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let meta = file.metadata()?;
+        if meta.len() < size {
+            file.set_len(size)?;
+            // Make the new size itself durable.
+            file.sync_all()?;
+        }
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            len: RwLock::new(len),
+            block_device: false,
+        })
+    }
+
+    /// Opens a raw block device.
+    pub fn open_block_device(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), 0x8008_1272, &mut size as *mut u64) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            len: RwLock::new(size),
+            block_device: true,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Backend for FileBackend {
+    fn len(&self) -> u64 {
+        *self.len.read()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> io::Result<()> {
+        if !fua {
+            return self.file.write_all_at(buf, offset);
+        }
+        // RWF_DSYNC makes just this write durable, without flushing others.
+        let mut done = 0usize;
+        while done < buf.len() {
+            let iov = libc::iovec {
+                iov_base: buf[done..].as_ptr() as *mut libc::c_void,
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: iov points into `buf`, which outlives the call.
+            let n = unsafe {
+                libc::pwritev2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (offset + done as u64) as libc::off_t,
+                    libc::RWF_DSYNC,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    self.file.write_all_at(&buf[done..], offset + done as u64)?;
+                    return self.file.sync_data();
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        if self.block_device {
+            let range = [offset, len];
+            // SAFETY: BLKDISCARD reads two u64s from the pointer.
+            let rc = unsafe { libc::ioctl(fd, 0x1277, range.as_ptr()) };
+            if rc != 0 {
+                // Devices without discard: write zeros so reads stay defined.
+                return write_zeros(&self.file, offset, len);
+            }
+            return Ok(());
+        }
+        // SAFETY: plain fallocate on our own descriptor.
+        let rc = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return write_zeros(&self.file, offset, len);
+        }
+        Ok(())
+    }
+
+    fn grow(&self, new_len: u64) -> io::Result<()> {
+        let mut len = self.len.write();
+        if self.block_device || new_len <= *len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "backend cannot grow to that size",
+            ));
+        }
+        self.file.set_len(new_len)?;
+        self.file.sync_all()?;
+        *len = new_len;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let kind = if self.block_device { "block" } else { "file" };
+        format!("{kind}:{}", self.path.display())
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Volatile memory backend, for tests and scratch volumes.
+#[derive(Debug)]
+pub struct MemBackend {
+    data: RwLock<Vec<u8>>,
+}
+
+impl MemBackend {
+    pub fn new(size: u64) -> io::Result<Self> {
+        let size = usize::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+        Ok(Self {
+            data: RwLock::new(vec![0u8; size]),
+        })
+    }
+}
+
+fn mem_range(len: usize, offset: u64, n: usize) -> io::Result<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let end = start.checked_add(n).ok_or(io::ErrorKind::InvalidInput)?;
+    if end > len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "beyond end"));
+    }
+    Ok(start..end)
+}
+
+impl Backend for MemBackend {
+    fn len(&self) -> u64 {
+        self.data.read().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let data = self.data.read();
+        let r = mem_range(data.len(), offset, buf.len())?;
+        buf.copy_from_slice(&data[r]);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8], _fua: bool) -> io::Result<()> {
+        let mut data = self.data.write();
+        let r = mem_range(data.len(), offset, buf.len())?;
+        data[r].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut data = self.data.write();
+        let n = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let r = mem_range(data.len(), offset, n)?;
+        data[r].fill(0);
+        Ok(())
+    }
+
+    fn grow(&self, new_len: u64) -> io::Result<()> {
+        let n = usize::try_from(new_len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let mut data = self.data.write();
+        if n <= data.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot shrink"));
+        }
+        data.resize(n, 0);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("memory:{}", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_backend_roundtrip_and_discard() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open_or_create(&dir.path().join("v.img"), 1 << 20).unwrap();
+        assert_eq!(b.len(), 1 << 20);
+        b.write_at(4096, &[7u8; 4096], true).unwrap();
+        let mut buf = [0u8; 4096];
+        b.read_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 7));
+        b.discard(4096, 4096).unwrap();
+        b.read_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
+        assert!(b.read_at((1 << 20) - 10, &mut buf).is_err());
+    }
+
+    #[test]
+    fn mem_backend_bounds() {
+        let b = MemBackend::new(8192).unwrap();
+        assert!(b.write_at(8000, &[1u8; 512], false).is_err());
+        b.write_at(0, &[1u8; 512], false).unwrap();
+        let mut buf = [0u8; 512];
+        b.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [1u8; 512]);
+    }
+}

@@ -1,0 +1,164 @@
+//! The control path's per-LU state: pending notices (SCSI unit attentions,
+//! NVMe asynchronous events) per nexus. Only the control path changes it, and
+//! every change republishes the fast path's access state.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::fastpath::{Access, AccessState, Exposure};
+use crate::NexusId;
+
+/// A condition a nexus must be told about before its next command succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Notice {
+    PowerOn,
+    Reset,
+    ModeParametersChanged,
+    CapacityChanged,
+    ReportedLunsChanged,
+    RegistrationsPreempted,
+    ReservationsPreempted,
+    ReservationsReleased,
+    AsymmetricAccessStateChanged,
+}
+
+#[derive(Debug, Default)]
+struct CpState {
+    known: HashSet<NexusId>,
+    notices: HashMap<NexusId, VecDeque<Notice>>,
+}
+
+/// Control-path state of one exposed LU.
+#[derive(Debug)]
+pub struct LuControl {
+    exposure: Arc<Exposure>,
+    state: Mutex<CpState>,
+}
+
+/// Upper bound on queued notices per nexus; older duplicates are merged.
+const MAX_NOTICES: usize = 16;
+
+impl LuControl {
+    pub fn new(exposure: Arc<Exposure>) -> Arc<Self> {
+        Arc::new(Self {
+            exposure,
+            state: Mutex::new(CpState::default()),
+        })
+    }
+
+    pub fn exposure(&self) -> &Arc<Exposure> {
+        &self.exposure
+    }
+
+    /// Records a nexus. The first time one is seen it gets `initial`.
+    pub async fn register_nexus(&self, nexus: NexusId, initial: Option<Notice>) {
+        let mut st = self.state.lock().await;
+        if st.known.insert(nexus) {
+            if let Some(n) = initial {
+                push(&mut st, nexus, n);
+            }
+            self.republish(&st).await;
+        }
+    }
+
+    /// Raises `notice` for every known nexus except `except`.
+    pub async fn raise_all(&self, notice: Notice, except: Option<NexusId>) {
+        let mut st = self.state.lock().await;
+        let targets: Vec<NexusId> = st
+            .known
+            .iter()
+            .copied()
+            .filter(|n| Some(*n) != except)
+            .collect();
+        for n in targets {
+            push(&mut st, n, notice);
+        }
+        self.republish(&st).await;
+    }
+
+    /// Raises `notice` for one nexus.
+    pub async fn raise(&self, nexus: NexusId, notice: Notice) {
+        let mut st = self.state.lock().await;
+        st.known.insert(nexus);
+        push(&mut st, nexus, notice);
+        self.republish(&st).await;
+    }
+
+    /// The oldest pending notice for `nexus`, without removing it.
+    pub async fn peek(&self, nexus: NexusId) -> Option<Notice> {
+        let st = self.state.lock().await;
+        st.notices.get(&nexus).and_then(|q| q.front().copied())
+    }
+
+    /// Removes and returns the oldest pending notice for `nexus`.
+    pub async fn take(&self, nexus: NexusId) -> Option<Notice> {
+        let mut st = self.state.lock().await;
+        let q = st.notices.get_mut(&nexus)?;
+        let n = q.pop_front();
+        if q.is_empty() {
+            st.notices.remove(&nexus);
+            self.republish(&st).await;
+        }
+        n
+    }
+
+    /// Drops every pending notice of `nexus`.
+    pub async fn clear(&self, nexus: NexusId) {
+        let mut st = self.state.lock().await;
+        if st.notices.remove(&nexus).is_some() {
+            self.republish(&st).await;
+        }
+    }
+
+    async fn republish(&self, st: &CpState) {
+        let mut next = AccessState::open();
+        for n in st.notices.keys() {
+            next.overrides.insert(*n, Access::NONE);
+        }
+        self.exposure.publish(next).await;
+    }
+}
+
+fn push(st: &mut CpState, nexus: NexusId, notice: Notice) {
+    let q = st.notices.entry(nexus).or_default();
+    if q.contains(&notice) {
+        return;
+    }
+    if q.len() >= MAX_NOTICES {
+        q.pop_front();
+    }
+    q.push_back(notice);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemBackend;
+    use crate::fastpath::IoKind;
+    use crate::fault::FaultReason;
+    use crate::volume::Volume;
+
+    #[tokio::test]
+    async fn notice_blocks_fast_path_until_taken() {
+        let v = Volume::simple("c", Arc::new(MemBackend::new(8 * 512).unwrap()), 512);
+        let cp = LuControl::new(Exposure::new(v));
+        cp.register_nexus(1, Some(Notice::PowerOn)).await;
+        cp.register_nexus(2, None).await;
+        let fp = cp.exposure().clone();
+        assert_eq!(
+            fp.admit(1, IoKind::Read, 0, 1).err(),
+            Some(FaultReason::Permission)
+        );
+        assert!(fp.admit(2, IoKind::Read, 0, 1).is_ok());
+        assert_eq!(cp.take(1).await, Some(Notice::PowerOn));
+        assert!(fp.admit(1, IoKind::Read, 0, 1).is_ok());
+        cp.raise_all(Notice::ModeParametersChanged, Some(2)).await;
+        assert_eq!(cp.peek(1).await, Some(Notice::ModeParametersChanged));
+        assert_eq!(cp.peek(2).await, None);
+        // Re-registering a known nexus raises nothing new.
+        cp.register_nexus(2, Some(Notice::PowerOn)).await;
+        assert_eq!(cp.peek(2).await, None);
+    }
+}

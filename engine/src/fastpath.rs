@@ -1,0 +1,290 @@
+//! The fast path: admits plain reads and writes that the published access
+//! state allows and that lie inside one extent, and executes them without
+//! taking any lock. Anything else is a [`FaultReason`] for the control path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+
+use crate::backend::Backend;
+use crate::error::EngineError;
+use crate::extent::StorageDesc;
+use crate::fault::FaultReason;
+use crate::volume::{blocking, Volume};
+use crate::NexusId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+}
+
+/// What a nexus may do on the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Access {
+    pub const ALL: Access = Access {
+        read: true,
+        write: true,
+    };
+    pub const NONE: Access = Access {
+        read: false,
+        write: false,
+    };
+
+    fn allows(self, kind: IoKind) -> bool {
+        match kind {
+            IoKind::Read => self.read,
+            IoKind::Write => self.write,
+        }
+    }
+
+    /// True if `self` allows something `other` does not.
+    fn exceeds(self, other: Access) -> bool {
+        (self.read && !other.read) || (self.write && !other.write)
+    }
+}
+
+/// Per-LU access state, published by the control path. The epoch orders
+/// publications; `overrides` hold nexuses that differ from `default`.
+#[derive(Debug, Clone, Default)]
+pub struct AccessState {
+    pub epoch: u64,
+    pub default: Access,
+    pub overrides: HashMap<NexusId, Access>,
+}
+
+impl AccessState {
+    pub fn open() -> Self {
+        Self {
+            epoch: 0,
+            default: Access::ALL,
+            overrides: HashMap::new(),
+        }
+    }
+
+    pub fn access(&self, nexus: NexusId) -> Access {
+        self.overrides.get(&nexus).copied().unwrap_or(self.default)
+    }
+
+    /// True if some nexus loses a permission going from `self` to `next`.
+    pub fn restricts(&self, next: &AccessState) -> bool {
+        if self.default.exceeds(next.default) {
+            return true;
+        }
+        self.overrides
+            .keys()
+            .chain(next.overrides.keys())
+            .any(|n| self.access(*n).exceeds(next.access(*n)))
+    }
+}
+
+/// A volume as exposed to hosts through one LU or namespace.
+#[derive(Debug)]
+pub struct Exposure {
+    volume: Arc<Volume>,
+    access: ArcSwap<AccessState>,
+}
+
+/// An I/O admitted to the fast path. It holds the access state and map it was
+/// admitted under, so a restrictive change can wait for it to drain.
+pub struct Admission {
+    _access: Arc<AccessState>,
+    volume: Arc<Volume>,
+    backend: Arc<dyn Backend>,
+    offset: u64,
+    bytes: usize,
+}
+
+impl Exposure {
+    pub fn new(volume: Arc<Volume>) -> Arc<Self> {
+        Arc::new(Self {
+            volume,
+            access: ArcSwap::from_pointee(AccessState::open()),
+        })
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    pub fn access_state(&self) -> Arc<AccessState> {
+        self.access.load_full()
+    }
+
+    /// The fast-path filter. On `Err` the caller faults the I/O to the
+    /// control path; the fault is already counted.
+    pub fn admit(
+        &self,
+        nexus: NexusId,
+        kind: IoKind,
+        lba: u64,
+        blocks: u64,
+    ) -> Result<Admission, FaultReason> {
+        let r = self.filter(nexus, kind, lba, blocks);
+        if let Err(reason) = r {
+            self.volume.counters.fault(reason);
+        }
+        r
+    }
+
+    fn filter(
+        &self,
+        nexus: NexusId,
+        kind: IoKind,
+        lba: u64,
+        blocks: u64,
+    ) -> Result<Admission, FaultReason> {
+        let access = self.access.load_full();
+        if !access.access(nexus).allows(kind) {
+            return Err(FaultReason::Permission);
+        }
+        let vol = &self.volume;
+        if blocks == 0 || vol.check_range(lba, blocks).is_err() {
+            return Err(FaultReason::OutOfRange);
+        }
+        let map = vol.map_guard();
+        let (ext, red) = map.lookup(lba).ok_or(FaultReason::NoMapping)?;
+        if lba + blocks > ext.end() {
+            return Err(FaultReason::CrossesBoundary);
+        }
+        match kind {
+            IoKind::Read if red.fault_on_read => return Err(FaultReason::FaultOnRead),
+            IoKind::Write if red.fault_on_write => return Err(FaultReason::FaultOnWrite),
+            _ => {}
+        }
+        let bs = vol.block_size() as u64;
+        let StorageDesc::Remap { backend, offset } = &red.desc;
+        let backend = vol
+            .backends()
+            .get(*backend)
+            .ok_or(FaultReason::NoMapping)?
+            .clone();
+        Ok(Admission {
+            _access: access,
+            volume: vol.clone(),
+            backend,
+            offset: offset + (lba - ext.start) * bs,
+            bytes: (blocks * bs) as usize,
+        })
+    }
+
+    /// Publishes a new access state. When it removes a permission, waits
+    /// until every fast-path I/O admitted under the older state has finished.
+    pub async fn publish(&self, mut next: AccessState) {
+        let old = self.access.load_full();
+        next.epoch = old.epoch + 1;
+        let restrictive = old.restricts(&next);
+        let prev = self.access.swap(Arc::new(next));
+        drop(old);
+        if restrictive {
+            // Admissions hold a clone of the state they were admitted under.
+            while Arc::strong_count(&prev) > 1 {
+                tokio::time::sleep(Duration::from_micros(50)).await;
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub async fn read(self) -> Result<Bytes, EngineError> {
+        let r = blocking(move || {
+            let mut buf = BytesMut::zeroed(self.bytes);
+            self.backend.read_at(self.offset, &mut buf)?;
+            self.volume.counters.fast_path_hit();
+            Ok(buf)
+        })
+        .await?;
+        Ok(r.freeze())
+    }
+
+    pub async fn write(self, data: Bytes, fua: bool) -> Result<(), EngineError> {
+        if data.len() != self.bytes {
+            return Err(EngineError::BadLength {
+                got: data.len(),
+                expected: self.bytes,
+            });
+        }
+        blocking(move || {
+            self.backend.write_at(self.offset, &data, fua)?;
+            self.volume.counters.fast_path_hit();
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemBackend;
+
+    fn exposure() -> Arc<Exposure> {
+        Exposure::new(Volume::simple(
+            "fp",
+            Arc::new(MemBackend::new(16 * 512).unwrap()),
+            512,
+        ))
+    }
+
+    #[tokio::test]
+    async fn admits_and_faults() {
+        let e = exposure();
+        let a = e.admit(1, IoKind::Write, 0, 2).unwrap();
+        a.write(Bytes::from(vec![5u8; 1024]), false).await.unwrap();
+        let d = e.admit(1, IoKind::Read, 1, 1).unwrap().read().await.unwrap();
+        assert!(d.iter().all(|&b| b == 5));
+        assert_eq!(
+            e.admit(1, IoKind::Read, 15, 2).err(),
+            Some(FaultReason::OutOfRange)
+        );
+        let mut st = AccessState::open();
+        st.overrides.insert(
+            7,
+            Access {
+                read: true,
+                write: false,
+            },
+        );
+        e.publish(st).await;
+        assert_eq!(
+            e.admit(7, IoKind::Write, 0, 1).err(),
+            Some(FaultReason::Permission)
+        );
+        assert!(e.admit(7, IoKind::Read, 0, 1).is_ok());
+        assert!(e.admit(8, IoKind::Write, 0, 1).is_ok());
+        assert_eq!(e.volume().counters.count(FaultReason::Permission), 1);
+    }
+
+    #[tokio::test]
+    async fn restrictive_publish_waits_for_drain() {
+        let e = exposure();
+        let held = e.admit(1, IoKind::Read, 0, 1).unwrap();
+        let mut st = AccessState::open();
+        st.default = Access::NONE;
+        let e2 = e.clone();
+        let pub_task = tokio::spawn(async move { e2.publish(st).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!pub_task.is_finished(), "publish must wait for the held I/O");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), pub_task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.admit(1, IoKind::Read, 0, 1).err(),
+            Some(FaultReason::Permission)
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! The vtgt storage virtualization engine.
+//!
+//! A [`Volume`] is a composition executed from an extent map. Reads and writes
+//! that the published state allows run on the fast path ([`fastpath`]);
+//! everything else faults to the control path ([`control`]), which alone
+//! changes metadata and republishes the state the fast path reads.
+//! Nothing here knows about iSCSI or NVMe.
+
+pub mod backend;
+pub mod control;
+pub mod error;
+pub mod extent;
+pub mod fastpath;
+pub mod fault;
+pub mod volume;
+
+pub use backend::{Backend, FileBackend, MemBackend};
+pub use control::{LuControl, Notice};
+pub use error::EngineError;
+pub use fastpath::{Access, AccessState, Admission, Exposure, IoKind};
+pub use fault::{FaultCounters, FaultReason};
+pub use volume::Volume;
+
+/// Identity of an I_T nexus (or NVMe host/controller pair), assigned by the
+/// front end. The engine only compares these.
+pub type NexusId = u64;

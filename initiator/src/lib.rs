@@ -1,0 +1,1 @@
+//! iSCSI initiator on vtgt-protocol.
