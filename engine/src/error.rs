@@ -5,7 +5,11 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("LBA range {lba}+{blocks} beyond capacity {capacity}")]
-    OutOfRange { lba: u64, blocks: u64, capacity: u64 },
+    OutOfRange {
+        lba: u64,
+        blocks: u64,
+        capacity: u64,
+    },
     #[error("backend I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("data length {got} does not match {expected}")]

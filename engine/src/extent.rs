@@ -90,7 +90,13 @@ mod tests {
 
     #[test]
     fn lookup_single() {
-        let m = ExtentMap::single(100, StorageDesc::Remap { backend: 0, offset: 0 });
+        let m = ExtentMap::single(
+            100,
+            StorageDesc::Remap {
+                backend: 0,
+                offset: 0,
+            },
+        );
         assert_eq!(m.lookup(0).unwrap().0.len, 100);
         assert!(m.lookup(99).is_some());
         assert!(m.lookup(100).is_none());

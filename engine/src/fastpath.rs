@@ -243,7 +243,12 @@ mod tests {
         let e = exposure();
         let a = e.admit(1, IoKind::Write, 0, 2).unwrap();
         a.write(Bytes::from(vec![5u8; 1024]), false).await.unwrap();
-        let d = e.admit(1, IoKind::Read, 1, 1).unwrap().read().await.unwrap();
+        let d = e
+            .admit(1, IoKind::Read, 1, 1)
+            .unwrap()
+            .read()
+            .await
+            .unwrap();
         assert!(d.iter().all(|&b| b == 5));
         assert_eq!(
             e.admit(1, IoKind::Read, 15, 2).err(),
@@ -276,7 +281,10 @@ mod tests {
         let e2 = e.clone();
         let pub_task = tokio::spawn(async move { e2.publish(st).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!pub_task.is_finished(), "publish must wait for the held I/O");
+        assert!(
+            !pub_task.is_finished(),
+            "publish must wait for the held I/O"
+        );
         drop(held);
         tokio::time::timeout(Duration::from_secs(5), pub_task)
             .await

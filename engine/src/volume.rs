@@ -38,7 +38,10 @@ impl Volume {
             nblocks: AtomicU64::new(nblocks),
             map: ArcSwap::from_pointee(ExtentMap::single(
                 nblocks,
-                StorageDesc::Remap { backend: 0, offset: 0 },
+                StorageDesc::Remap {
+                    backend: 0,
+                    offset: 0,
+                },
             )),
             backends: vec![backend],
             counters: FaultCounters::default(),
@@ -223,7 +226,9 @@ mod tests {
     async fn read_write_range_checks() {
         let v = Volume::simple("t", Arc::new(MemBackend::new(64 * 512).unwrap()), 512);
         assert_eq!(v.num_blocks(), 64);
-        v.write(3, Bytes::from(vec![9u8; 1024]), false).await.unwrap();
+        v.write(3, Bytes::from(vec![9u8; 1024]), false)
+            .await
+            .unwrap();
         let r = v.read(3, 2).await.unwrap();
         assert!(r.iter().all(|&b| b == 9));
         assert!(matches!(
@@ -235,6 +240,8 @@ mod tests {
         assert!(v.read(3, 1).await.unwrap().iter().all(|&b| b == 0));
         v.grow(128).await.unwrap();
         assert_eq!(v.num_blocks(), 128);
-        v.write(127, Bytes::from(vec![1u8; 512]), true).await.unwrap();
+        v.write(127, Bytes::from(vec![1u8; 512]), true)
+            .await
+            .unwrap();
     }
 }
