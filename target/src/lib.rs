@@ -1,1 +1,9 @@
+//! vtgt: a block storage target. The `vtgt` binary is in main.rs; this
+//! library holds the front ends, the SCSI layer and the runtime so that
+//! integration tests can start a target in-process.
+
+pub mod config;
+pub mod iscsi;
 pub mod scsi;
+pub mod server;
+pub mod target;

@@ -1,0 +1,433 @@
+//! The TOML configuration: portals, volumes and their backends, targets with
+//! LUNs, initiator ACLs and CHAP credentials. `vtgt serve` with no config
+//! uses [`Config::embedded_default`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.org.vtgt:default";
+pub const DEFAULT_ISCSI_LISTEN: &str = "0.0.0.0:3260";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where relative backend paths live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub iscsi: IscsiConfig,
+    #[serde(default, rename = "volume")]
+    pub volumes: Vec<VolumeConfig>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiConfig {
+    #[serde(default = "default_portals")]
+    pub portals: Vec<PortalConfig>,
+    /// Seconds of silence before the target pings a connection with NOP-In;
+    /// a connection that misses two pings in a row is dropped. 0 disables.
+    #[serde(default = "default_nop_interval")]
+    pub nop_interval_secs: u64,
+    /// CHAP for discovery sessions; absent means none.
+    #[serde(default)]
+    pub discovery_chap: Option<ChapConfig>,
+}
+
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        Self {
+            portals: default_portals(),
+            nop_interval_secs: default_nop_interval(),
+            discovery_chap: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    pub listen: SocketAddr,
+    /// Address given to initiators in SendTargets when it differs from the
+    /// one they connect to (NAT, port forwarding). "host:port".
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default = "default_tpgt")]
+    pub portal_group: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    File,
+    Block,
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub name: String,
+    pub backend: BackendKind,
+    /// File or device path; relative paths are under `data_dir`. Not used
+    /// for memory volumes.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Size such as "1GiB" or "512MiB"; required for file and memory.
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfig>,
+    /// Initiator names allowed to log in; empty means any.
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP required for every initiator of this target.
+    #[serde(default)]
+    pub chap: Option<ChapConfig>,
+    /// Per-initiator CHAP credentials, taking precedence over `chap`.
+    #[serde(default, rename = "initiator_chap")]
+    pub initiator_chap: Vec<InitiatorChapConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfig {
+    pub id: u64,
+    pub volume: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    /// The name and secret the initiator must present.
+    pub user: String,
+    pub secret: String,
+    /// For mutual CHAP: the name and secret the target presents.
+    #[serde(default)]
+    pub mutual_user: Option<String>,
+    #[serde(default)]
+    pub mutual_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InitiatorChapConfig {
+    pub initiator: String,
+    #[serde(flatten)]
+    pub chap: ChapConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("vtgt-data")
+}
+fn default_portals() -> Vec<PortalConfig> {
+    vec![PortalConfig {
+        listen: DEFAULT_ISCSI_LISTEN.parse().expect("constant address"),
+        advertise: None,
+        portal_group: 1,
+    }]
+}
+fn default_nop_interval() -> u64 {
+    30
+}
+fn default_tpgt() -> u16 {
+    1
+}
+fn default_block_size() -> u32 {
+    512
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {msg}")]
+    Parse {
+        path: String,
+        line: usize,
+        col: usize,
+        msg: String,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: String, msg: String },
+}
+
+impl Config {
+    /// One 1 GiB sparse-file volume exported as LUN 0 of the default target.
+    pub fn embedded_default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            iscsi: IscsiConfig::default(),
+            volumes: vec![VolumeConfig {
+                name: "default".into(),
+                backend: BackendKind::File,
+                path: Some(PathBuf::from("default.img")),
+                size: Some("1GiB".into()),
+                block_size: 512,
+            }],
+            targets: vec![TargetConfig {
+                name: DEFAULT_TARGET.into(),
+                alias: Some("vtgt default".into()),
+                luns: vec![LunConfig {
+                    id: 0,
+                    volume: "default".into(),
+                }],
+                allowed_initiators: vec![],
+                chap: None,
+                initiator_chap: vec![],
+            }],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: origin.to_string(),
+                line,
+                col,
+                msg: e.message().to_string(),
+            }
+        })?;
+        cfg.validate().map_err(|msg| ConfigError::Invalid {
+            path: origin.to_string(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Cross-references and value checks that TOML typing cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.iscsi.portals.is_empty() {
+            return Err("iscsi.portals: at least one portal is needed".into());
+        }
+        let mut names = HashSet::new();
+        for v in &self.volumes {
+            if v.name.is_empty() || !names.insert(v.name.as_str()) {
+                return Err(format!("volume {:?}: empty or duplicate name", v.name));
+            }
+            if !matches!(v.block_size, 512 | 4096) {
+                return Err(format!(
+                    "volume {:?}: block_size must be 512 or 4096",
+                    v.name
+                ));
+            }
+            match v.backend {
+                BackendKind::File | BackendKind::Memory => {
+                    let size = v
+                        .size
+                        .as_deref()
+                        .ok_or_else(|| format!("volume {:?}: size is required", v.name))?;
+                    let bytes = parse_size(size)
+                        .map_err(|e| format!("volume {:?}: size: {e}", v.name))?;
+                    if bytes < v.block_size as u64 || bytes % v.block_size as u64 != 0 {
+                        return Err(format!(
+                            "volume {:?}: size must be a non-zero multiple of the block size",
+                            v.name
+                        ));
+                    }
+                }
+                BackendKind::Block => {}
+            }
+            if v.backend != BackendKind::Memory && v.path.is_none() {
+                return Err(format!("volume {:?}: path is required", v.name));
+            }
+        }
+        let mut tnames = HashSet::new();
+        for t in &self.targets {
+            if !valid_iscsi_name(&t.name) {
+                return Err(format!(
+                    "target {:?}: not a valid iqn./eui./naa. name",
+                    t.name
+                ));
+            }
+            if !tnames.insert(t.name.as_str()) {
+                return Err(format!("target {:?}: duplicate", t.name));
+            }
+            let mut luns = HashSet::new();
+            for l in &t.luns {
+                if l.id >= 16384 {
+                    return Err(format!("target {:?}: LUN {} above 16383", t.name, l.id));
+                }
+                if !luns.insert(l.id) {
+                    return Err(format!("target {:?}: duplicate LUN {}", t.name, l.id));
+                }
+                if !names.contains(l.volume.as_str()) {
+                    return Err(format!(
+                        "target {:?} LUN {}: unknown volume {:?}",
+                        t.name, l.id, l.volume
+                    ));
+                }
+            }
+            for c in t
+                .chap
+                .iter()
+                .chain(t.initiator_chap.iter().map(|c| &c.chap))
+            {
+                check_chap(c).map_err(|e| format!("target {:?}: {e}", t.name))?;
+            }
+        }
+        if let Some(c) = &self.iscsi.discovery_chap {
+            check_chap(c).map_err(|e| format!("iscsi.discovery_chap: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn volume_path(&self, v: &VolumeConfig) -> Option<PathBuf> {
+        v.path.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                self.data_dir.join(p)
+            }
+        })
+    }
+}
+
+fn check_chap(c: &ChapConfig) -> Result<(), String> {
+    if c.user.is_empty() || c.secret.len() < 12 || c.secret.len() > 255 {
+        return Err("CHAP needs a user and a secret of 12 to 255 bytes".into());
+    }
+    match (&c.mutual_user, &c.mutual_secret) {
+        (None, None) => Ok(()),
+        (Some(u), Some(s)) if !u.is_empty() && (12..=255).contains(&s.len()) => {
+            if *s == c.secret {
+                return Err("mutual CHAP secret must differ from the initiator's".into());
+            }
+            Ok(())
+        }
+        _ => Err("mutual CHAP needs mutual_user and a mutual_secret of 12 to 255 bytes".into()),
+    }
+}
+
+pub fn valid_iscsi_name(n: &str) -> bool {
+    let lower = n.to_ascii_lowercase();
+    (lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa."))
+        && n.len() <= 223
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+}
+
+/// Parses "1073741824", "1GiB", "512MiB", "4k", "2G" (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::embedded_default().validate().unwrap();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn errors_name_line_and_problem() {
+        let e = Config::parse("data_dir = 5\n", "x.toml").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml:1:"), "{e}");
+        let e = Config::parse(
+            "[[target]]\nname = \"iqn.2026-11.x:y\"\n[[target.lun]]\nid = 0\nvolume = \"nope\"\n",
+            "y.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown volume"), "{e}");
+        let e = Config::parse("bogus = 1\n", "z.toml").unwrap_err();
+        assert!(e.to_string().contains("z.toml:1:1"), "{e}");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+data_dir = "/tmp/x"
+[iscsi]
+nop_interval_secs = 5
+[[iscsi.portals]]
+listen = "127.0.0.1:3260"
+advertise = "10.0.2.100:3260"
+[[volume]]
+name = "a"
+backend = "memory"
+size = "64MiB"
+[[target]]
+name = "iqn.2026-11.org.vtgt:a"
+allowed_initiators = ["iqn.1993-08.org.debian:01:host"]
+chap = { user = "u", secret = "0123456789abc" }
+[[target.lun]]
+id = 0
+volume = "a"
+[[target.initiator_chap]]
+initiator = "iqn.1993-08.org.debian:01:host"
+user = "h"
+secret = "abcdefghijklm"
+mutual_user = "t"
+mutual_secret = "mnopqrstuvwxyz"
+"#;
+        let c = Config::parse(text, "ex").unwrap();
+        assert_eq!(c.targets[0].initiator_chap[0].chap.user, "h");
+        assert_eq!(
+            c.iscsi.portals[0].advertise.as_deref(),
+            Some("10.0.2.100:3260")
+        );
+    }
+}
