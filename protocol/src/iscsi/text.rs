@@ -341,7 +341,8 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut t = TextPairs::new();
-        t.push("InitiatorName", "iqn.2024-01.com.example:host").unwrap();
+        t.push("InitiatorName", "iqn.2024-01.com.example:host")
+            .unwrap();
         t.push("HeaderDigest", "CRC32C,None").unwrap();
         t.push("MaxBurstLength", "262144").unwrap();
         let wire = t.encode();
@@ -414,7 +415,10 @@ mod tests {
         assert_eq!(parse_number("-1"), Err(TextError::BadNumber));
         assert_eq!(parse_number(""), Err(TextError::BadNumber));
         assert_eq!(parse_number("0x"), Err(TextError::BadNumber));
-        assert_eq!(parse_number("99999999999999999999"), Err(TextError::BadNumber));
+        assert_eq!(
+            parse_number("99999999999999999999"),
+            Err(TextError::BadNumber)
+        );
         assert_eq!(parse_bool("Yes"), Ok(true));
         assert_eq!(parse_bool("No"), Ok(false));
         assert_eq!(parse_bool("yes"), Err(TextError::BadBoolean));
