@@ -565,6 +565,8 @@ pub struct InitiatorNegotiation {
     offered: BTreeMap<String, String>,
     /// Every value we want, keyed by name (our side of any result function).
     desired: BTreeMap<String, String>,
+    /// Values we accept if the target proposes a key we did not.
+    acceptable: BTreeMap<String, String>,
 }
 
 impl InitiatorNegotiation {
@@ -577,7 +579,20 @@ impl InitiatorNegotiation {
             },
             offered: BTreeMap::new(),
             desired: desired.iter().cloned().collect(),
+            acceptable: BTreeMap::new(),
         }
+    }
+
+    /// What to answer should the target propose `key` (not proposed by us).
+    pub fn set_acceptable(&mut self, key: &str, value: &str) {
+        self.acceptable.insert(key.to_string(), value.to_string());
+    }
+
+    fn ours(&self, key: &str) -> Option<&str> {
+        self.desired
+            .get(key)
+            .or_else(|| self.acceptable.get(key))
+            .map(String::as_str)
     }
 
     /// Pairs to propose; each goes out once.
@@ -659,7 +674,7 @@ impl InitiatorNegotiation {
         self.offered.insert(key.to_string(), value.to_string());
         let reply = match def.kind {
             Kind::Digest => {
-                let ours = self.desired.get(key).map(String::as_str).unwrap_or("None");
+                let ours = self.ours(key).unwrap_or("None");
                 match negotiate_list(value, |v| split_list(ours).any(|o| o == v)) {
                     Some(v) => {
                         store(&mut self.params, key, Val::Digest(v == "CRC32C"), false);
@@ -671,8 +686,7 @@ impl InitiatorNegotiation {
             Kind::Num { lo, hi, rule } => match parse_number(value) {
                 Ok(n) if (lo..=hi).contains(&n) => {
                     let ours = self
-                        .desired
-                        .get(key)
+                        .ours(key)
                         .and_then(|v| parse_number(v).ok())
                         .unwrap_or(n);
                     let r = negotiate_num(rule, n, ours);
@@ -683,11 +697,7 @@ impl InitiatorNegotiation {
             },
             Kind::Bool(rule) => match parse_bool(value) {
                 Ok(b) => {
-                    let ours = self
-                        .desired
-                        .get(key)
-                        .and_then(|v| parse_bool(v).ok())
-                        .unwrap_or(b);
+                    let ours = self.ours(key).and_then(|v| parse_bool(v).ok()).unwrap_or(b);
                     let r = negotiate_bool(rule, b, ours);
                     store(&mut self.params, key, Val::Bool(r), false);
                     encode_bool(r).to_string()
