@@ -1096,3 +1096,614 @@ impl InitiatorLogin {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const INI: &str = "iqn.2024-01.org.example:host";
+    const TGT: &str = "iqn.2024-01.org.example:disk1";
+
+    #[derive(Default)]
+    struct Policy {
+        chap: Option<ChapCredentials>,
+        discovery_chap: Option<ChapCredentials>,
+        deny: bool,
+        alias: Option<String>,
+    }
+
+    impl LoginPolicy for Policy {
+        fn target_exists(&self, t: &str) -> bool {
+            t == TGT
+        }
+        fn initiator_allowed(&self, _t: &str, _i: &str) -> bool {
+            !self.deny
+        }
+        fn chap(&self, _t: &str, _i: &str) -> Option<ChapCredentials> {
+            self.chap.clone()
+        }
+        fn target_alias(&self, _t: &str) -> Option<String> {
+            self.alias.clone()
+        }
+        fn portal_group_tag(&self, _t: &str) -> u16 {
+            7
+        }
+        fn discovery_chap(&self, _i: &str) -> Option<ChapCredentials> {
+            self.discovery_chap.clone()
+        }
+    }
+
+    fn target_creds(mutual: bool) -> ChapCredentials {
+        ChapCredentials {
+            user: "alice".into(),
+            secret: b"initiator-secret".to_vec(),
+            mutual: mutual.then(|| (TGT.to_string(), b"target-secret!!".to_vec())),
+        }
+    }
+
+    fn ini_creds(mutual: bool) -> InitiatorChap {
+        let c = target_creds(mutual);
+        InitiatorChap {
+            user: c.user,
+            secret: c.secret,
+            mutual: c.mutual,
+        }
+    }
+
+    fn target(limits: Limits) -> TargetLogin {
+        TargetLogin::new(limits, Box::new(StdRng::seed_from_u64(42)))
+    }
+
+    struct Run {
+        result: Result<SessionParams, LoginError>,
+        target: TargetLogin,
+        /// Every response the target produced.
+        responses: Vec<LoginResponse>,
+        requests: Vec<LoginRequestOwned>,
+    }
+
+    fn drive(mut cfg: InitiatorConfig, mut tgt: TargetLogin, policy: &Policy) -> Run {
+        cfg.rng_seed = Some(9);
+        let mut ini = InitiatorLogin::new(cfg);
+        let mut responses = Vec::new();
+        let mut requests = Vec::new();
+        for statsn in 0..200u32 {
+            let Some(req) = ini.next_request() else {
+                panic!("initiator stalled");
+            };
+            let resp = tgt.step(&req.as_request(), policy);
+            requests.push(req);
+            let r = ini.handle_response(&resp.info(0x1234, statsn));
+            responses.push(resp.clone());
+            match r {
+                Ok(LoginProgress::Continue) => assert!(!resp.complete && !resp.failed),
+                Ok(LoginProgress::Complete(p)) => {
+                    assert!(resp.complete && tgt.is_complete());
+                    assert_eq!(ini.tsih(), 0x1234);
+                    return Run {
+                        result: Ok(p),
+                        target: tgt,
+                        responses,
+                        requests,
+                    };
+                }
+                Err(e) => {
+                    return Run {
+                        result: Err(e),
+                        target: tgt,
+                        responses,
+                        requests,
+                    }
+                }
+            }
+        }
+        panic!("login did not converge");
+    }
+
+    fn ok(run: &Run) -> &SessionParams {
+        let p = run.result.as_ref().expect("login failed");
+        // Both sides must agree on every negotiated value.
+        assert_eq!(p, run.target.params());
+        p
+    }
+
+    fn status(run: &Run) -> (u8, u8) {
+        match &run.result {
+            Err(LoginError::Status { class, detail }) => (*class, *detail),
+            other => panic!("expected a refused login, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_none_skips_security() {
+        let policy = Policy {
+            alias: Some("disk one".into()),
+            ..Policy::default()
+        };
+        let run = drive(
+            InitiatorConfig::normal(INI, TGT),
+            target(Limits::default()),
+            &policy,
+        );
+        let p = ok(&run);
+        assert_eq!(run.requests.len(), 1);
+        assert_eq!(run.requests[0].csg, Stage::Operational);
+        assert_eq!(p.session_type, SessionType::Normal);
+        assert_eq!(p.initiator_name, INI);
+        assert_eq!(p.target_name.as_deref(), Some(TGT));
+        assert_eq!(p.target_portal_group_tag, Some(7));
+        assert_eq!(p.target_alias.as_deref(), Some("disk one"));
+        assert!(!p.header_digest && !p.data_digest);
+        assert!(!p.initial_r2t && p.immediate_data);
+        assert_eq!(p.max_burst_length, 1_048_576);
+        assert_eq!(p.first_burst_length, 65_536);
+        assert_eq!(p.initiator_max_recv_data_segment_length, 262_144);
+        assert_eq!(p.target_max_recv_data_segment_length, 262_144);
+        assert_eq!(p.default_time2retain, 0);
+    }
+
+    #[test]
+    fn auth_none_through_security_stage() {
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.force_security_stage = true;
+        let run = drive(cfg, target(Limits::default()), &Policy::default());
+        ok(&run);
+        assert_eq!(run.requests[0].csg, Stage::Security);
+        assert!(run.requests.len() >= 2);
+    }
+
+    #[test]
+    fn chap_one_way_and_mutual() {
+        for mutual in [false, true] {
+            let policy = Policy {
+                chap: Some(target_creds(mutual)),
+                ..Policy::default()
+            };
+            let mut cfg = InitiatorConfig::normal(INI, TGT);
+            cfg.chap = Some(ini_creds(mutual));
+            let run = drive(cfg, target(Limits::default()), &policy);
+            ok(&run);
+            let last_sec = run
+                .responses
+                .iter()
+                .rfind(|r| r.csg == Stage::Security)
+                .unwrap();
+            let t = TextPairs::parse(&last_sec.data).unwrap();
+            assert_eq!(t.get("CHAP_N").is_some(), mutual);
+        }
+    }
+
+    #[test]
+    fn chap_wrong_secret_refused() {
+        let policy = Policy {
+            chap: Some(target_creds(false)),
+            ..Policy::default()
+        };
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        let mut c = ini_creds(false);
+        c.secret = b"wrong-secret-value".to_vec();
+        cfg.chap = Some(c);
+        let run = drive(cfg, target(Limits::default()), &policy);
+        assert_eq!(status(&run), (2, 1));
+        assert!(run.target.is_failed());
+        assert!(run.responses.last().unwrap().failed);
+    }
+
+    #[test]
+    fn mutual_chap_wrong_target_secret_detected_by_initiator() {
+        let mut creds = target_creds(true);
+        creds.mutual = Some((TGT.into(), b"some-other-secret".to_vec()));
+        let policy = Policy {
+            chap: Some(creds),
+            ..Policy::default()
+        };
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.chap = Some(ini_creds(true));
+        let run = drive(cfg, target(Limits::default()), &policy);
+        assert_eq!(run.result, Err(LoginError::Auth(ChapError::WrongResponse)));
+    }
+
+    #[test]
+    fn chap_required_but_not_offered() {
+        let policy = Policy {
+            chap: Some(target_creds(false)),
+            ..Policy::default()
+        };
+        // Offers only AuthMethod=None.
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.force_security_stage = true;
+        let run = drive(cfg.clone(), target(Limits::default()), &policy);
+        assert_eq!(status(&run), (2, 1));
+        // Skips the security stage altogether.
+        cfg.force_security_stage = false;
+        let run = drive(cfg, target(Limits::default()), &policy);
+        assert_eq!(status(&run), (2, 1));
+    }
+
+    #[test]
+    fn chap_offered_but_target_has_none() {
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.chap = Some(ini_creds(false));
+        let run = drive(cfg.clone(), target(Limits::default()), &Policy::default());
+        assert_eq!(status(&run), (2, 1));
+        // Offering both lets the target pick None.
+        cfg.auth_methods = Some("CHAP,None".into());
+        ok(&drive(cfg, target(Limits::default()), &Policy::default()));
+    }
+
+    #[test]
+    fn unknown_target_and_acl() {
+        let run = drive(
+            InitiatorConfig::normal(INI, "iqn.2024-01.org.example:nope"),
+            target(Limits::default()),
+            &Policy::default(),
+        );
+        assert_eq!(status(&run), (2, 3));
+        let policy = Policy {
+            deny: true,
+            ..Policy::default()
+        };
+        let run = drive(
+            InitiatorConfig::normal(INI, TGT),
+            target(Limits::default()),
+            &policy,
+        );
+        assert_eq!(status(&run), (2, 2));
+    }
+
+    fn raw(csg: Stage, transit: bool, nsg: Stage, text: &[(&str, &str)]) -> LoginRequestOwned {
+        let mut t = TextPairs::new();
+        for (k, v) in text {
+            t.push(k, v.to_string()).unwrap();
+        }
+        LoginRequestOwned {
+            transit,
+            cont: false,
+            csg,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 0,
+            itt: 1,
+            cid: 0,
+            cmdsn: 0,
+            exp_statsn: 0,
+            data: t.encode(),
+        }
+    }
+
+    fn one(req: &LoginRequestOwned, policy: &Policy) -> (LoginStatus, TargetLogin) {
+        let mut t = target(Limits::default());
+        let r = t.step(&req.as_request(), policy);
+        (r.status(), t)
+    }
+
+    const OP: Stage = Stage::Operational;
+    const FF: Stage = Stage::FullFeature;
+    const SEC: Stage = Stage::Security;
+
+    #[test]
+    fn first_request_checks() {
+        let p = Policy::default();
+        let no_name = raw(OP, true, FF, &[("TargetName", TGT)]);
+        assert_eq!(one(&no_name, &p).0, LoginStatus::MISSING_PARAMETER);
+        let no_target = raw(OP, true, FF, &[("InitiatorName", INI)]);
+        assert_eq!(one(&no_target, &p).0, LoginStatus::MISSING_PARAMETER);
+        let bad_type = raw(
+            OP,
+            true,
+            FF,
+            &[("InitiatorName", INI), ("SessionType", "Weird")],
+        );
+        assert_eq!(
+            one(&bad_type, &p).0,
+            LoginStatus::SESSION_TYPE_NOT_SUPPORTED
+        );
+        let good = [("InitiatorName", INI), ("TargetName", TGT)];
+        let mut v = raw(OP, true, FF, &good);
+        v.version_min = 1;
+        v.version_max = 2;
+        assert_eq!(one(&v, &p).0, LoginStatus::UNSUPPORTED_VERSION);
+        let backwards = raw(OP, true, SEC, &good);
+        assert_eq!(one(&backwards, &p).0, LoginStatus::INITIATOR_ERROR);
+        let ffp = raw(FF, true, FF, &good);
+        assert_eq!(one(&ffp, &p).0, LoginStatus::INITIATOR_ERROR);
+        let mut tc = raw(OP, true, FF, &good);
+        tc.cont = true;
+        assert_eq!(one(&tc, &p).0, LoginStatus::INITIATOR_ERROR);
+        let sec_in_op = raw(
+            OP,
+            true,
+            FF,
+            &[
+                ("InitiatorName", INI),
+                ("TargetName", TGT),
+                ("AuthMethod", "None"),
+            ],
+        );
+        assert_eq!(one(&sec_in_op, &p).0, LoginStatus::INITIATOR_ERROR);
+        let dup_nego = raw(OP, false, OP, &good);
+        let (s, mut t) = one(&dup_nego, &p);
+        assert_eq!(s, LoginStatus::SUCCESS);
+        let again = raw(OP, false, OP, &[("MaxBurstLength", "4096")]);
+        assert!(!t.step(&again.as_request(), &p).failed);
+        assert!(t.step(&again.as_request(), &p).failed);
+        let bad_text = LoginRequestOwned {
+            data: b"no-equals\0".to_vec(),
+            ..raw(OP, true, FF, &[])
+        };
+        assert_eq!(one(&bad_text, &p).0, LoginStatus::INITIATOR_ERROR);
+    }
+
+    #[test]
+    fn header_consistency_and_after_complete() {
+        let p = Policy::default();
+        let good = [("InitiatorName", INI), ("TargetName", TGT)];
+        let first = raw(OP, false, OP, &good);
+        for mutate in [
+            |r: &mut LoginRequestOwned| r.isid[5] ^= 1,
+            |r: &mut LoginRequestOwned| r.cid += 1,
+            |r: &mut LoginRequestOwned| r.itt += 1,
+            |r: &mut LoginRequestOwned| r.tsih += 1,
+            |r: &mut LoginRequestOwned| r.csg = Stage::Security,
+        ] {
+            let mut t = target(Limits::default());
+            assert!(!t.step(&first.as_request(), &p).failed);
+            let mut next = raw(OP, true, FF, &[]);
+            mutate(&mut next);
+            assert_eq!(
+                t.step(&next.as_request(), &p).status(),
+                LoginStatus::INITIATOR_ERROR
+            );
+        }
+        let mut t = target(Limits::default());
+        let r = t.step(&raw(OP, true, FF, &good).as_request(), &p);
+        assert!(r.complete && r.transit && r.nsg == FF && r.csg == OP);
+        let r = t.step(&raw(OP, true, FF, &[]).as_request(), &p);
+        assert_eq!(r.status(), LoginStatus::INVALID_DURING_LOGIN);
+        // The transport's own rejection (e.g. reserved stage 2).
+        assert_eq!(Stage::from_bits(2), None);
+        let mut t = target(Limits::default());
+        assert!(t.reject(LoginStatus::INITIATOR_ERROR).failed);
+        assert!(t.is_failed());
+    }
+
+    #[test]
+    fn oversized_request_text_refused() {
+        let p = Policy::default();
+        let mut t = target(Limits::default());
+        let chunk = vec![b'a'; 8192];
+        let mut last = LoginStatus::SUCCESS;
+        for _ in 0..10 {
+            let req = LoginRequestOwned {
+                cont: true,
+                transit: false,
+                data: chunk.clone(),
+                ..raw(OP, false, OP, &[])
+            };
+            let r = t.step(&req.as_request(), &p);
+            last = r.status();
+            if r.failed {
+                break;
+            }
+        }
+        assert_eq!(last, LoginStatus::INITIATOR_ERROR);
+    }
+
+    #[test]
+    fn discovery_session() {
+        let run = drive(
+            InitiatorConfig::discovery(INI),
+            target(Limits::default()),
+            &Policy::default(),
+        );
+        let p = ok(&run);
+        assert_eq!(p.session_type, SessionType::Discovery);
+        assert_eq!(p.target_name, None);
+        assert_eq!(p.target_portal_group_tag, None);
+        // Session-wide keys are irrelevant in discovery.
+        let mut cfg = InitiatorConfig::discovery(INI);
+        cfg.set_key("MaxBurstLength", "4096");
+        let run = drive(cfg, target(Limits::default()), &Policy::default());
+        ok(&run);
+        let t = TextPairs::parse(&run.responses[0].data).unwrap();
+        assert_eq!(t.get("MaxBurstLength"), Some("Irrelevant"));
+        // Discovery CHAP.
+        let policy = Policy {
+            discovery_chap: Some(target_creds(false)),
+            ..Policy::default()
+        };
+        let mut cfg = InitiatorConfig::discovery(INI);
+        cfg.chap = Some(ini_creds(false));
+        ok(&drive(cfg.clone(), target(Limits::default()), &policy));
+        cfg.chap = None;
+        assert_eq!(
+            status(&drive(cfg, target(Limits::default()), &policy)),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn digests_negotiated_both_ways() {
+        // Initiator proposes.
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.set_key("HeaderDigest", "CRC32C,None")
+            .set_key("DataDigest", "CRC32C");
+        let p = ok(&drive(
+            cfg.clone(),
+            target(Limits::default()),
+            &Policy::default(),
+        ))
+        .clone();
+        assert!(p.header_digest && p.data_digest);
+        // Target refuses digests it does not allow.
+        let never = Limits {
+            data_digest: DigestPolicy::Never,
+            ..Limits::default()
+        };
+        let p = ok(&drive(cfg.clone(), target(never), &Policy::default())).clone();
+        assert!(p.header_digest && !p.data_digest);
+        // Target requires digests the initiator did not propose: it offers them.
+        let required = Limits {
+            header_digest: DigestPolicy::Required,
+            data_digest: DigestPolicy::Required,
+            ..Limits::default()
+        };
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.remove_key("HeaderDigest").remove_key("DataDigest");
+        cfg.acceptable = vec![
+            ("HeaderDigest".into(), "CRC32C,None".into()),
+            ("DataDigest".into(), "CRC32C,None".into()),
+        ];
+        let run = drive(cfg.clone(), target(required.clone()), &Policy::default());
+        let p = ok(&run);
+        assert!(p.header_digest && p.data_digest);
+        assert!(run.requests.len() >= 2);
+        // ... and with CHAP, the offer happens after the security stage.
+        let policy = Policy {
+            chap: Some(target_creds(true)),
+            ..Policy::default()
+        };
+        let mut chap_cfg = cfg.clone();
+        chap_cfg.chap = Some(ini_creds(true));
+        let p = ok(&drive(chap_cfg, target(required.clone()), &policy)).clone();
+        assert!(p.header_digest && p.data_digest);
+        // An initiator that will not do digests is refused.
+        cfg.acceptable.clear();
+        assert_eq!(
+            status(&drive(cfg, target(required.clone()), &Policy::default())),
+            (2, 0)
+        );
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.set_key("HeaderDigest", "None");
+        assert_eq!(
+            status(&drive(cfg, target(required), &Policy::default())),
+            (2, 0)
+        );
+    }
+
+    #[test]
+    fn negotiation_matrix_end_to_end() {
+        let cases: &[(&str, &str, fn(&SessionParams) -> bool)] = &[
+            ("MaxBurstLength", "16777215", |p| {
+                p.max_burst_length == 1_048_576
+            }),
+            ("MaxBurstLength", "8192", |p| {
+                p.max_burst_length == 8192 && p.first_burst_length == 8192
+            }),
+            ("FirstBurstLength", "4096", |p| p.first_burst_length == 4096),
+            ("InitialR2T", "Yes", |p| p.initial_r2t),
+            ("ImmediateData", "No", |p| !p.immediate_data),
+            ("MaxOutstandingR2T", "64", |p| p.max_outstanding_r2t == 16),
+            ("DefaultTime2Wait", "30", |p| p.default_time2wait == 30),
+            ("DefaultTime2Retain", "3600", |p| {
+                p.default_time2retain == 20
+            }),
+            ("ErrorRecoveryLevel", "2", |p| p.error_recovery_level == 0),
+            ("MaxConnections", "4", |p| p.max_connections == 1),
+            ("DataPDUInOrder", "No", |p| p.data_pdu_in_order),
+            ("DataSequenceInOrder", "No", |p| p.data_sequence_in_order),
+            ("MaxRecvDataSegmentLength", "4096", |p| {
+                p.initiator_max_recv_data_segment_length == 4096
+            }),
+            ("MaxBurstLength", "100", |p| p.max_burst_length == 262_144),
+            ("InitiatorAlias", "box", |p| {
+                p.initiator_alias.as_deref() == Some("box")
+            }),
+            ("X-org.example.Key", "1", |_| true),
+        ];
+        for (k, v, check) in cases {
+            let mut cfg = InitiatorConfig::normal(INI, TGT);
+            cfg.set_key(k, v);
+            let run = drive(cfg, target(Limits::default()), &Policy::default());
+            let p = ok(&run);
+            assert!(check(p), "{k}={v}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn c_bit_continuation_both_directions() {
+        let policy = Policy {
+            alias: Some("a".repeat(200)),
+            chap: Some(target_creds(true)),
+            ..Policy::default()
+        };
+        let mut cfg = InitiatorConfig::normal(INI, TGT);
+        cfg.chap = Some(ini_creds(true));
+        cfg.max_segment = 16;
+        let mut tgt = target(Limits::default());
+        tgt.set_max_response_segment(24);
+        let run = drive(cfg, tgt, &policy);
+        ok(&run);
+        assert!(run.requests.iter().any(|r| r.cont));
+        assert!(run.responses.iter().any(|r| r.cont));
+        for r in &run.requests {
+            assert!(r.data.len() <= 16);
+            assert!(!(r.cont && r.transit));
+        }
+        for r in &run.responses {
+            assert!(r.data.len() <= 24);
+            assert!(!(r.cont && r.transit));
+        }
+    }
+
+    fn stage() -> impl Strategy<Value = Stage> {
+        prop_oneof![Just(SEC), Just(OP), Just(FF)]
+    }
+
+    prop_compose! {
+        fn any_request()(
+            transit in any::<bool>(), cont in any::<bool>(), csg in stage(), nsg in stage(),
+            vmax in 0u8..2, vmin in 0u8..2, isid in any::<[u8; 6]>(), tsih in 0u16..2,
+            itt in 0u32..2, cid in 0u16..2,
+            data in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just("InitiatorName=iqn.x\0".to_string()),
+                        Just(format!("TargetName={TGT}\0")),
+                        Just("SessionType=Discovery\0".to_string()),
+                        Just("AuthMethod=CHAP,None\0".to_string()),
+                        Just("CHAP_A=5\0".to_string()),
+                        Just("CHAP_N=alice\0".to_string()),
+                        Just("CHAP_R=0x00\0".to_string()),
+                        Just("HeaderDigest=CRC32C\0".to_string()),
+                        Just("MaxBurstLength=0x10000\0".to_string()),
+                    ],
+                    0..5,
+                ).prop_map(|v| v.concat().into_bytes()),
+            ],
+        ) -> LoginRequestOwned {
+            LoginRequestOwned {
+                transit, cont, csg, nsg, version_max: vmax, version_min: vmin,
+                isid: [isid[0] & 1, 0, 0, 0, 0, isid[5] & 1], tsih, itt, cid,
+                cmdsn: 0, exp_statsn: 0, data,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn target_step_never_panics(
+            reqs in proptest::collection::vec(any_request(), 1..8),
+            chap in any::<bool>(),
+        ) {
+            let policy = Policy {
+                chap: chap.then(|| target_creds(true)),
+                ..Policy::default()
+            };
+            let mut t = target(Limits::default());
+            t.set_max_response_segment(32);
+            for r in &reqs {
+                let resp = t.step(&r.as_request(), &policy);
+                prop_assert!(!(resp.cont && resp.transit));
+                prop_assert!(resp.data.len() <= 32);
+                if resp.failed {
+                    prop_assert!(resp.status_class != 0);
+                }
+            }
+        }
+    }
+}
