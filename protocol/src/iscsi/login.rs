@@ -1586,7 +1586,8 @@ mod tests {
 
     #[test]
     fn negotiation_matrix_end_to_end() {
-        let cases: &[(&str, &str, fn(&SessionParams) -> bool)] = &[
+        type Check = fn(&SessionParams) -> bool;
+        let cases: &[(&str, &str, Check)] = &[
             ("MaxBurstLength", "16777215", |p| {
                 p.max_burst_length == 1_048_576
             }),

@@ -275,7 +275,7 @@ pub fn negotiate_bool(rule: BoolRule, offered: bool, ours: bool) -> bool {
 }
 
 /// List negotiation: the first offered value we support, or None (Reject).
-pub fn negotiate_list<'a>(offered: &'a str, supported: impl Fn(&str) -> bool) -> Option<&'a str> {
+pub fn negotiate_list(offered: &str, supported: impl Fn(&str) -> bool) -> Option<&str> {
     split_list(offered).find(|v| supported(v))
 }
 
