@@ -49,3 +49,271 @@ pub struct ScsiResult {
     /// transport can report overflow or underflow against `edtl`.
     pub data_out_len: Option<u32>,
 }
+
+pub mod inquiry;
+pub mod lu;
+pub mod mode;
+pub mod opcodes;
+pub mod sbc;
+pub mod spc;
+pub mod ua;
+
+#[cfg(test)]
+mod tests;
+
+use vtgt_engine::{FaultReason, IoKind, Notice};
+use vtgt_protocol::scsi::cdb::{self, decode_rw, fast_rw, op, FieldError, RwKind};
+use vtgt_protocol::scsi::sense::{Asc, Sense};
+
+pub use lu::{LogicalUnit, LuIdentity};
+
+/// Maximum transfer length in blocks (Block Limits VPD page), 4 MiB at 512
+/// bytes per block. Longer transfers are INVALID FIELD IN CDB.
+pub const MAX_TRANSFER_BLOCKS: u32 = 8192;
+/// Optimal transfer length granularity in blocks (4 KiB).
+pub const OPTIMAL_GRANULARITY_BLOCKS: u32 = 8;
+
+/// INVALID FIELD IN CDB for a decoder's field error.
+pub(crate) fn field(e: FieldError) -> Sense {
+    Sense::invalid_cdb_field(e.byte, e.bit)
+}
+
+impl ScsiResult {
+    pub fn good() -> Self {
+        Self::default()
+    }
+
+    /// GOOD with data-in, trimmed to the allocation length.
+    pub fn data(mut data: Vec<u8>, alloc: usize) -> Self {
+        data.truncate(alloc);
+        Self {
+            data_in: Bytes::from(data),
+            ..Self::default()
+        }
+    }
+
+    /// CHECK CONDITION with `sense` in fixed or descriptor format.
+    pub fn check(sense: &Sense, descriptor: bool) -> Self {
+        Self {
+            status: status::CHECK_CONDITION,
+            sense: Some(sense.encode(descriptor)),
+            ..Self::default()
+        }
+    }
+}
+
+/// Executes one command on `lu`. Plain reads and writes try the engine's
+/// fast path; a fault or backend error there sends them to the control
+/// path, which re-checks everything.
+pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
+    lu.register_nexus(cmd.nexus, None).await;
+    if let Some(rw) = fast_rw(cmd.cdb) {
+        if let Some(r) = fast_path(lu, &cmd, rw).await {
+            return r;
+        }
+    }
+    control_path(lu, &cmd).await
+}
+
+/// `None` means "fault to the control path".
+async fn fast_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, rw: cdb::RwCdb) -> Option<ScsiResult> {
+    if rw.blocks > MAX_TRANSFER_BLOCKS {
+        return None;
+    }
+    let exposure = lu.control().exposure();
+    let vol = exposure.volume();
+    let bytes = rw.blocks as usize * vol.block_size() as usize;
+    if rw.write && cmd.data_out.len() < bytes {
+        // A short data-out needs the control path's residual handling.
+        return None;
+    }
+    let kind = if rw.write {
+        IoKind::Write
+    } else {
+        IoKind::Read
+    };
+    let adm = exposure
+        .admit(cmd.nexus, kind, rw.lba, rw.blocks as u64)
+        .ok()?;
+    if rw.write {
+        let fua = rw.fua || !lu.write_cache_enabled();
+        match adm.write(cmd.data_out.slice(..bytes), fua).await {
+            Ok(()) => Some(ScsiResult {
+                data_out_len: Some(bytes as u32),
+                ..ScsiResult::good()
+            }),
+            Err(_) => {
+                vol.counters.fault(FaultReason::BackendError);
+                None
+            }
+        }
+    } else {
+        match adm.read().await {
+            Ok(data) => Some(ScsiResult {
+                data_in: data,
+                ..ScsiResult::good()
+            }),
+            Err(_) => {
+                vol.counters.fault(FaultReason::BackendError);
+                None
+            }
+        }
+    }
+}
+
+/// How many data-out bytes the CDB asks for, for commands that have any.
+fn data_out_len(lu: &LogicalUnit, cdb: &[u8]) -> Option<u32> {
+    if let Some(Ok(rw)) = decode_rw(cdb) {
+        return (rw.kind != RwKind::Read).then(|| sbc::data_out_len(lu.volume(), &rw));
+    }
+    match cdb.first()? {
+        &op::MODE_SELECT_6 | &op::MODE_SELECT_10 => cdb::decode_mode_select(cdb)
+            .ok()
+            .map(|m| m.param_len as u32),
+        _ => None,
+    }
+}
+
+async fn control_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> ScsiResult {
+    let out_len = data_out_len(lu, cmd.cdb);
+    let mut r = match dispatch(lu, cmd).await {
+        Ok(r) => r,
+        Err(sense) => ScsiResult::check(&sense, lu.descriptor_sense()),
+    };
+    if r.data_out_len.is_none() {
+        r.data_out_len = out_len;
+    }
+    r
+}
+
+/// Looks the command up in the opcode table and checks its CDB against the
+/// usage map: unknown opcodes and service actions, short CDBs and reserved
+/// bits all fail here.
+fn admit_cdb(cdb: &[u8]) -> Result<&'static opcodes::CommandInfo, Sense> {
+    let opcode = *cdb.first().ok_or_else(Sense::invalid_opcode)?;
+    let info = if opcodes::has_service_actions(opcode) {
+        if cdb.len() < 2 {
+            return Err(Sense::invalid_cdb_field(0, None));
+        }
+        let sa = cdb::service_action(cdb);
+        opcodes::lookup(opcode, sa).ok_or(Sense::invalid_cdb_field(1, Some(4)))?
+    } else {
+        opcodes::lookup(opcode, None).ok_or_else(Sense::invalid_opcode)?
+    };
+    opcodes::check_usage(info, cdb)?;
+    Ok(info)
+}
+
+async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult, Sense> {
+    let cdb = cmd.cdb;
+    let opcode = cdb.first().copied().unwrap_or(0xFF);
+    // A pending unit attention is reported before anything else, except to
+    // the commands SPC-4 5.14 exempts.
+    let pending = if ua::exempt(opcode) {
+        None
+    } else {
+        ua::take(lu, cmd.nexus).await
+    };
+    if let Some(s) = pending {
+        return Err(s);
+    }
+    let info = admit_cdb(cdb)?;
+    let vol = lu.volume();
+    let data = |(d, alloc): (Vec<u8>, usize)| ScsiResult::data(d, alloc);
+    Ok(match (info.opcode, info.sa) {
+        (op::TEST_UNIT_READY, _) => ScsiResult::good(),
+        (op::REQUEST_SENSE, _) => {
+            let pending = ua::take(lu, cmd.nexus).await;
+            data(spc::request_sense(cdb, pending)?)
+        }
+        (op::INQUIRY, _) => data(inquiry::inquiry(lu, cdb)?),
+        (op::REPORT_LUNS, _) => {
+            let r = data(spc::report_luns(cdb, cmd.luns)?);
+            // Reporting the LUN inventory clears that unit attention
+            // (SPC-4 6.33).
+            if lu.control().peek(cmd.nexus).await == Some(Notice::ReportedLunsChanged) {
+                lu.control().take(cmd.nexus).await;
+            }
+            r
+        }
+        (op::MODE_SENSE_6 | op::MODE_SENSE_10, _) => data(mode::mode_sense(lu, cdb)?),
+        (op::MODE_SELECT_6 | op::MODE_SELECT_10, _) => {
+            mode::mode_select(lu, cmd).await?;
+            ScsiResult::good()
+        }
+        (op::MAINTENANCE_IN, Some(cdb::sa::REPORT_SUPPORTED_OPCODES)) => {
+            data(opcodes::report_opcodes(cdb)?)
+        }
+        (op::MAINTENANCE_IN, _) => data(opcodes::report_tmfs(cdb)?),
+        (op::READ_CAPACITY_10 | op::SERVICE_ACTION_IN_16, _) => data(sbc::read_capacity(vol, cdb)?),
+        (op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16, _) => {
+            sbc::synchronize_cache(vol, cdb).await?;
+            ScsiResult::good()
+        }
+        (op::PRE_FETCH_10 | op::PRE_FETCH_16, _) => {
+            sbc::pre_fetch(vol, cdb)?;
+            ScsiResult::good()
+        }
+        (op::START_STOP_UNIT, _) => {
+            sbc::start_stop(vol, cdb).await?;
+            ScsiResult::good()
+        }
+        _ => {
+            let rw = match decode_rw(cdb) {
+                Some(r) => r.map_err(field)?,
+                None => return Err(Sense::invalid_opcode()),
+            };
+            match rw.kind {
+                RwKind::Read => ScsiResult {
+                    data_in: sbc::read(vol, &rw).await?,
+                    ..ScsiResult::good()
+                },
+                RwKind::Write | RwKind::WriteAndVerify => {
+                    sbc::write(lu, &rw, &cmd.data_out).await?;
+                    ScsiResult::good()
+                }
+                RwKind::Verify => {
+                    sbc::verify(vol, &rw, &cmd.data_out).await?;
+                    ScsiResult::good()
+                }
+            }
+        }
+    })
+}
+
+/// A command addressed to a LUN this target does not have (SPC-4 6.6.2,
+/// 6.29, 6.33): INQUIRY reports peripheral qualifier 011b, REPORT LUNS and
+/// REQUEST SENSE work, everything else is LOGICAL UNIT NOT SUPPORTED.
+pub fn execute_no_lu(cmd: &ScsiCommand<'_>) -> ScsiResult {
+    let cdb = cmd.cdb;
+    let opcode = cdb.first().copied().unwrap_or(0xFF);
+    let r = match opcode {
+        op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE => {
+            admit_cdb(cdb).and_then(|_| match opcode {
+                op::INQUIRY => {
+                    let inq = cdb::decode_inquiry(cdb).map_err(field)?;
+                    if inq.evpd {
+                        return Err(Sense::illegal(Asc::LOGICAL_UNIT_NOT_SUPPORTED));
+                    }
+                    Ok((inquiry::standard(None), inq.alloc as usize))
+                }
+                op::REPORT_LUNS => spc::report_luns(cdb, cmd.luns),
+                _ => spc::request_sense_no_lu(cdb),
+            })
+        }
+        _ => Err(Sense::illegal(Asc::LOGICAL_UNIT_NOT_SUPPORTED)),
+    };
+    match r {
+        Ok((d, alloc)) => ScsiResult::data(d, alloc),
+        Err(s) => ScsiResult::check(&s, false),
+    }
+}
+
+/// LOGICAL UNIT RESET (SAM-5 6.3.3, 7.7): the transport aborts the tasks;
+/// here the LU returns to its power-on operating state (mode parameters to
+/// their defaults, as nothing is saved) and every other nexus gets BUS
+/// DEVICE RESET FUNCTION OCCURRED.
+pub async fn lun_reset(lu: &LogicalUnit, issuer: NexusId) {
+    mode::reset(lu);
+    lu.control().raise_all(Notice::Reset, Some(issuer)).await;
+}

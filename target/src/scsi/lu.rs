@@ -1,0 +1,110 @@
+//! A logical unit: the identity it reports, its mode parameters and the
+//! engine objects it executes against.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use vtgt_engine::{LuControl, NexusId, Notice, Volume};
+
+use super::mode::ModeParams;
+
+/// What a LU says about itself in INQUIRY and the VPD pages. Everything is
+/// configuration-derived so that designators survive restarts.
+#[derive(Debug, Clone)]
+pub struct LuIdentity {
+    /// T10 vendor identification (8 ASCII characters, padded).
+    pub vendor: String,
+    /// Product identification (16 characters).
+    pub product: String,
+    /// Product revision level (4 characters).
+    pub revision: String,
+    pub serial: String,
+    /// Basis of the NAA designator; from `Volume::stable_id()`.
+    pub naa_id: u64,
+    /// iSCSI target name, for the SCSI name string designator.
+    pub target_name: String,
+    pub relative_port: u16,
+    pub port_group: u16,
+}
+
+/// One direct-access logical unit.
+#[derive(Debug)]
+pub struct LogicalUnit {
+    pub lun: u64,
+    control: Arc<LuControl>,
+    identity: LuIdentity,
+    /// Mode parameters; MODE SELECT replaces them as a whole.
+    mode: Mutex<ModeParams>,
+    /// Copies of the mode bits the fast path and sense building need,
+    /// readable without the lock.
+    wce: AtomicBool,
+    d_sense: AtomicBool,
+    /// Nexuses already registered with the control state, so raise_all
+    /// reaches them; checked on every command without awaiting.
+    nexuses: RwLock<HashSet<NexusId>>,
+}
+
+impl LogicalUnit {
+    pub fn new(lun: u64, control: Arc<LuControl>, identity: LuIdentity) -> Arc<Self> {
+        let mode = ModeParams::default();
+        Arc::new(Self {
+            lun,
+            control,
+            identity,
+            wce: AtomicBool::new(mode.wce),
+            d_sense: AtomicBool::new(mode.d_sense),
+            mode: Mutex::new(mode),
+            nexuses: RwLock::new(HashSet::new()),
+        })
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        self.control.exposure().volume()
+    }
+
+    pub fn control(&self) -> &Arc<LuControl> {
+        &self.control
+    }
+
+    pub fn identity(&self) -> &LuIdentity {
+        &self.identity
+    }
+
+    /// Registers a nexus with the LU's control state. `initial` is the unit
+    /// attention a nexus gets the first time it is seen (the transport may
+    /// pass `Some(Notice::PowerOn)` for logins after a restart). Commands
+    /// register unknown nexuses themselves, with no unit attention.
+    pub async fn register_nexus(&self, nexus: NexusId, initial: Option<Notice>) {
+        if self.nexuses.read().contains(&nexus) {
+            return;
+        }
+        self.control.register_nexus(nexus, initial).await;
+        self.nexuses.write().insert(nexus);
+    }
+
+    /// Whether writes must reach stable storage before status (WCE = 0).
+    pub fn write_cache_enabled(&self) -> bool {
+        self.wce.load(Ordering::Acquire)
+    }
+
+    /// Whether sense data is returned in descriptor format (D_SENSE).
+    pub fn descriptor_sense(&self) -> bool {
+        self.d_sense.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mode(&self) -> ModeParams {
+        *self.mode.lock()
+    }
+
+    /// Replaces the mode parameters; returns whether anything changed.
+    pub(crate) fn set_mode(&self, next: ModeParams) -> bool {
+        let mut m = self.mode.lock();
+        let changed = *m != next;
+        *m = next;
+        self.wce.store(next.wce, Ordering::Release);
+        self.d_sense.store(next.d_sense, Ordering::Release);
+        changed
+    }
+}
