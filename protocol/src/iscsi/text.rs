@@ -424,6 +424,9 @@ mod tests {
         assert_eq!(parse_bool("Yes"), Ok(true));
         assert_eq!(parse_bool("No"), Ok(false));
         assert_eq!(parse_bool("yes"), Err(TextError::BadBoolean));
+        // Multi-byte UTF-8 where a "0x" prefix would be: must not panic.
+        assert_eq!(parse_number("\u{800}"), Err(TextError::BadNumber));
+        assert_eq!(parse_binary("\u{800}"), Err(TextError::BadHex));
     }
 
     #[test]
