@@ -1471,6 +1471,31 @@ mod tests {
     }
 
     #[test]
+    fn non_leading_login_rejects_session_keys() {
+        let p = Policy::default();
+        let mut req = raw(
+            OP,
+            true,
+            FF,
+            &[
+                ("InitiatorName", INI),
+                ("TargetName", TGT),
+                ("MaxBurstLength", "4096"),
+                ("HeaderDigest", "CRC32C"),
+                ("X#NodeArchitecture", "test"),
+            ],
+        );
+        req.tsih = 9;
+        let mut t = target(Limits::default());
+        let r = t.step(&req.as_request(), &p);
+        assert!(r.complete);
+        let text = TextPairs::parse(&r.data).unwrap();
+        assert_eq!(text.get("MaxBurstLength"), Some("Reject"));
+        assert_eq!(text.get("HeaderDigest"), Some("CRC32C"));
+        assert_eq!(text.get("X#NodeArchitecture"), Some("NotUnderstood"));
+    }
+
+    #[test]
     fn oversized_request_text_refused() {
         let p = Policy::default();
         let mut t = target(Limits::default());

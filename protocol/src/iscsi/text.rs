@@ -24,7 +24,7 @@ pub enum TextError {
     TooLarge,
     #[error("more than {MAX_PAIRS} key=value pairs")]
     TooManyPairs,
-    #[error("key is empty or contains a character outside [A-Za-z0-9.-+@_]")]
+    #[error("key is empty or contains a character outside [A-Za-z0-9.-+@_#]")]
     BadKey,
     #[error("key longer than {MAX_KEY_LEN} bytes")]
     KeyTooLong,
@@ -54,7 +54,8 @@ fn long_value_key(key: &str) -> bool {
 }
 
 fn is_key_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'@' | b'_')
+    // '#' only appears in public extension keys (X#name, RFC 7143 §13.5.2).
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'@' | b'_' | b'#')
 }
 
 /// One `key=value` pair up to and including its NUL (structure only).
@@ -393,6 +394,7 @@ mod tests {
         assert_eq!(TextPairs::parse(b"A=1\0\0\0").unwrap().len(), 1);
         // Empty values are legal (they mean an empty string).
         assert_eq!(TextPairs::parse(b"A=\0").unwrap().get("A"), Some(""));
+        assert!(TextPairs::parse(b"X#NodeArchitecture=x\0").is_ok());
     }
 
     #[test]
@@ -422,6 +424,9 @@ mod tests {
         assert_eq!(parse_bool("Yes"), Ok(true));
         assert_eq!(parse_bool("No"), Ok(false));
         assert_eq!(parse_bool("yes"), Err(TextError::BadBoolean));
+        // Multi-byte UTF-8 where a "0x" prefix would be: must not panic.
+        assert_eq!(parse_number("\u{800}"), Err(TextError::BadNumber));
+        assert_eq!(parse_binary("\u{800}"), Err(TextError::BadHex));
     }
 
     #[test]
