@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use vtgt_protocol::iscsi::login::{
-    InitiatorConfig, InitiatorLogin, LoginProgress, LoginResponseInfo, SessionParams,
+    InitiatorChap, InitiatorConfig, InitiatorLogin, LoginProgress, LoginResponseInfo,
+    SessionParams, Stage,
 };
 use vtgt_protocol::iscsi::pdu::{
     self, sn_le, tmf, Bhs, Digests, FrameConfig, Opcode, Pdu, RESERVED_TAG,
@@ -54,6 +55,8 @@ pub struct LoginConfig {
     pub mutual_chap: Option<(String, Vec<u8>)>,
     /// Operational keys we propose, e.g. ("HeaderDigest", "CRC32C").
     pub keys: Vec<(String, String)>,
+    /// Override the AuthMethod list (forces a security stage).
+    pub auth_methods: Option<String>,
 }
 
 impl LoginConfig {
@@ -67,6 +70,7 @@ impl LoginConfig {
             chap: None,
             mutual_chap: None,
             keys: Vec::new(),
+            auth_methods: None,
         }
     }
 
@@ -170,27 +174,33 @@ impl Session {
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let icfg = InitiatorConfig {
-            initiator_name: cfg.initiator_name.clone(),
-            target_name: cfg.target_name.clone(),
-            session_type: if cfg.target_name.is_some() {
-                vtgt_protocol::iscsi::login::SessionType::Normal
-            } else {
-                vtgt_protocol::iscsi::login::SessionType::Discovery
-            },
-            isid: cfg.isid,
-            keys: cfg.keys.clone(),
-            chap: cfg.chap.clone(),
-            mutual_chap: cfg.mutual_chap.clone(),
+        let mut icfg = match &cfg.target_name {
+            Some(t) => InitiatorConfig::normal(&cfg.initiator_name, t),
+            None => InitiatorConfig::discovery(&cfg.initiator_name),
         };
+        icfg.isid = cfg.isid;
+        icfg.itt = 1;
+        icfg.cmdsn = 1;
+        icfg.chap = cfg.chap.clone().map(|(user, secret)| InitiatorChap {
+            user,
+            secret,
+            mutual: cfg.mutual_chap.clone(),
+        });
+        for (k, v) in &cfg.keys {
+            icfg.set_key(k, v);
+        }
+        if let Some(m) = &cfg.auth_methods {
+            icfg.auth_methods = Some(m.clone());
+            icfg.force_security_stage = true;
+        }
         let mut login = InitiatorLogin::new(icfg);
         let fcfg = FrameConfig {
             digests: Digests::default(),
             max_data_segment: 1 << 20,
         };
         let mut exp_statsn = 0u32;
-        let mut tsih = 0u16;
         let mut first = true;
+        let mut tsih: u16;
         let params = loop {
             let Some(req) = login.next_request() else {
                 return Err(SessionError::LoginProtocol("no request to send".into()));
@@ -200,13 +210,13 @@ impl Session {
                 cont: req.cont,
                 csg: req.csg.bits(),
                 nsg: req.nsg.bits(),
-                version_max: 0,
-                version_min: 0,
-                isid: cfg.isid,
-                tsih,
-                itt: 1,
-                cid: 0,
-                cmdsn: 1,
+                version_max: req.version_max,
+                version_min: req.version_min,
+                isid: req.isid,
+                tsih: req.tsih,
+                itt: req.itt,
+                cid: req.cid,
+                cmdsn: req.cmdsn,
                 exp_statsn,
             };
             let mut out = BytesMut::new();
@@ -231,21 +241,23 @@ impl Session {
                 });
             }
             tsih = r.tsih;
+            let (Some(csg), Some(nsg)) = (Stage::from_bits(r.csg), Stage::from_bits(r.nsg)) else {
+                return Err(SessionError::LoginProtocol("reserved stage".into()));
+            };
             let info = LoginResponseInfo {
                 transit: r.transit,
                 cont: r.cont,
-                csg: r.csg,
-                nsg: r.nsg,
+                csg,
+                nsg,
                 status_class: r.status_class,
                 status_detail: r.status_detail,
                 tsih: r.tsih,
+                stat_sn: r.statsn,
                 data: &p.data,
             };
             match login.handle_response(&info) {
                 Ok(LoginProgress::Continue) => {}
-                Ok(LoginProgress::Complete(params)) => {
-                    break params;
-                }
+                Ok(LoginProgress::Complete(params)) => break params,
                 Err(e) => return Err(SessionError::LoginProtocol(e.to_string())),
             }
         };
@@ -268,7 +280,7 @@ impl Session {
         });
         let rcfg = FrameConfig {
             digests,
-            max_data_segment: params.initiator_max_recv_dsl.max(8192),
+            max_data_segment: params.initiator_max_recv_data_segment_length.max(8192),
         };
         let reader = tokio::spawn(reader_loop(inner.clone(), rd, buf, rcfg));
         Ok(Session {
@@ -342,7 +354,9 @@ impl Session {
         data_out: Bytes,
     ) -> Result<CommandResult, SessionError> {
         let itt = self.itt();
-        let (hdr, pdus) = self.build_command(lun, cdb, dir, edtl, data_out.clone(), itt).await?;
+        let (hdr, pdus) = self
+            .build_command(lun, cdb, dir, edtl, data_out.clone(), itt)
+            .await?;
         let _ = hdr;
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(
@@ -379,7 +393,7 @@ impl Session {
         let cmdsn = self.cmdsn().await?;
         let write = dir == DataDir::Write;
         let first_burst = p.first_burst_length;
-        let max_xmit = p.target_max_recv_dsl.max(512);
+        let max_xmit = p.target_max_recv_data_segment_length.max(512);
         let total = (edtl as usize).min(data_out.len());
         let imm = if write && p.immediate_data {
             total.min(first_burst as usize).min(max_xmit as usize)
@@ -478,7 +492,11 @@ impl Session {
             function,
             lun,
             itt,
-            rtt: if function == tmf::ABORT_TASK { rtt } else { RESERVED_TAG },
+            rtt: if function == tmf::ABORT_TASK {
+                rtt
+            } else {
+                RESERVED_TAG
+            },
             cmdsn: self.peek_cmdsn(),
             exp_statsn: self.exp_statsn(),
             ref_cmdsn,
@@ -509,7 +527,10 @@ impl Session {
 
     /// A text request (e.g. SendTargets=All); returns the response pairs as
     /// raw key=value strings, following continuations.
-    pub async fn text(&self, pairs: &[(&str, &str)]) -> Result<Vec<(String, String)>, SessionError> {
+    pub async fn text(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, SessionError> {
         let mut data = Vec::new();
         for (k, v) in pairs {
             data.extend_from_slice(format!("{k}={v}\0").as_bytes());
@@ -545,7 +566,8 @@ impl Session {
             .filter(|s| !s.is_empty())
             .filter_map(|s| {
                 let s = String::from_utf8_lossy(s);
-                s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect())
     }
@@ -618,7 +640,12 @@ async fn send(inner: &Inner, pdus: &[Pdu]) -> Result<(), SessionError> {
     Ok(())
 }
 
-async fn reader_loop(inner: Arc<Inner>, mut rd: OwnedReadHalf, mut buf: BytesMut, cfg: FrameConfig) {
+async fn reader_loop(
+    inner: Arc<Inner>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    cfg: FrameConfig,
+) {
     loop {
         let p = match read_pdu(&mut rd, &mut buf, &cfg).await {
             Ok(p) => p,
@@ -728,7 +755,7 @@ async fn handle_pdu(inner: &Arc<Inner>, p: Pdu) {
             if let Some((src, lun)) = src {
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    let max = inner.params.target_max_recv_dsl.max(512) as usize;
+                    let max = inner.params.target_max_recv_data_segment_length.max(512) as usize;
                     let mut pdus = Vec::new();
                     let start = r.offset as usize;
                     let end = (start + r.length as usize).min(src.len());
@@ -767,7 +794,8 @@ async fn handle_pdu(inner: &Arc<Inner>, p: Pdu) {
                         sn: inner.next_cmdsn.load(Ordering::Acquire),
                         ..Default::default()
                     };
-                    let _ = send(inner, &[Pdu::new(rsp.to_bhs(Opcode::NopOut), Bytes::new())]).await;
+                    let _ =
+                        send(inner, &[Pdu::new(rsp.to_bhs(Opcode::NopOut), Bytes::new())]).await;
                 }
             } else if let Some(Waiter::Pdu(tx)) = inner.pending.lock().remove(&itt) {
                 let _ = tx.send(Ok(p));
@@ -807,7 +835,9 @@ async fn handle_pdu(inner: &Arc<Inner>, p: Pdu) {
 
 /// Parses text data into pairs (for tests of login/text responses).
 pub fn parse_text(data: &[u8]) -> Option<Vec<(String, String)>> {
-    TextPairs::parse(data)
-        .ok()
-        .map(|p| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    TextPairs::parse(data).ok().map(|p| {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
 }

@@ -207,10 +207,7 @@ impl Config {
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Parse {
                 path: origin.to_string(),
                 line,
@@ -247,8 +244,8 @@ impl Config {
                         .size
                         .as_deref()
                         .ok_or_else(|| format!("volume {:?}: size is required", v.name))?;
-                    let bytes = parse_size(size)
-                        .map_err(|e| format!("volume {:?}: size: {e}", v.name))?;
+                    let bytes =
+                        parse_size(size).map_err(|e| format!("volume {:?}: size: {e}", v.name))?;
                     if bytes < v.block_size as u64 || bytes % v.block_size as u64 != 0 {
                         return Err(format!(
                             "volume {:?}: size must be a non-zero multiple of the block size",
@@ -340,9 +337,7 @@ pub fn valid_iscsi_name(n: &str) -> bool {
 /// Parses "1073741824", "1GiB", "512MiB", "4k", "2G" (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {

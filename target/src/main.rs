@@ -9,7 +9,11 @@ use vtgt::config::Config;
 use vtgt::server::{apply_overrides, Overrides, Server};
 
 #[derive(Parser)]
-#[command(name = "vtgt", version, about = "vtgt block storage target (iSCSI, NVMe/TCP)")]
+#[command(
+    name = "vtgt",
+    version,
+    about = "vtgt block storage target (iSCSI, NVMe/TCP)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.cmd {

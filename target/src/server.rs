@@ -128,7 +128,11 @@ impl Server {
         let mut tasks = Vec::new();
         for (l, p) in listeners.into_iter().zip(portals.iter()) {
             info!(listen = %p.listen, "iSCSI portal up");
-            tasks.push(tokio::spawn(iscsi::portal::serve(l, p.clone(), shared.clone())));
+            tasks.push(tokio::spawn(iscsi::portal::serve(
+                l,
+                p.clone(),
+                shared.clone(),
+            )));
         }
         Ok(Server {
             iscsi_addrs: portals.iter().map(|p| p.listen).collect(),

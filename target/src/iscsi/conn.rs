@@ -16,7 +16,7 @@ use vtgt_protocol::iscsi::pdu::{
     self, reject, sn_le, sn_lt, Bhs, FrameConfig, FrameError, Opcode, Pdu, RESERVED_TAG,
 };
 
-use super::dataout::{WriteXfer, XferLimits};
+use super::dataout::{WriteXfer, XferError, XferLimits};
 use super::portal::{IscsiShared, PortalInfo};
 use super::session::{Session, TaskEntry};
 use super::writer::{Out, Stamp, Window};
@@ -297,7 +297,10 @@ impl Conn {
                 return Flow::Continue;
             }
             Opcode::ScsiCommand => return self.scsi_command(p).await,
-            Opcode::NopOut | Opcode::TaskMgmtRequest | Opcode::TextRequest | Opcode::LogoutRequest => {}
+            Opcode::NopOut
+            | Opcode::TaskMgmtRequest
+            | Opcode::TextRequest
+            | Opcode::LogoutRequest => {}
             Opcode::SnackRequest => {
                 // SNACK needs ErrorRecoveryLevel > 0.
                 self.reject(&p.bhs, reject::COMMAND_NOT_SUPPORTED).await;
@@ -418,8 +421,11 @@ impl Conn {
             ttt,
             ..Default::default()
         };
-        self.send(Pdu::new(rsp.to_bhs(Opcode::TextResponse), now), Stamp::Status)
-            .await;
+        self.send(
+            Pdu::new(rsp.to_bhs(Opcode::TextResponse), now),
+            Stamp::Status,
+        )
+        .await;
     }
 
     fn xfer_limits(&self) -> XferLimits {
@@ -462,7 +468,15 @@ impl Conn {
             },
         );
         if h.write && h.edtl > 0 {
-            let mut x = WriteXfer::new(h.itt, h.lun, h.edtl, &p.data, h.final_bit, &lim, MAX_IO_BYTES);
+            let mut x = WriteXfer::new(
+                h.itt,
+                h.lun,
+                h.edtl,
+                &p.data,
+                h.final_bit,
+                &lim,
+                MAX_IO_BYTES,
+            );
             if !x.complete() {
                 let r2ts = x.solicit(&lim, || {
                     let t = self.next_ttt;
@@ -470,7 +484,8 @@ impl Conn {
                     t
                 });
                 for r in r2ts {
-                    self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek).await;
+                    self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek)
+                        .await;
                 }
                 self.writes.insert(h.itt, x);
                 match admit {
@@ -482,7 +497,8 @@ impl Conn {
                     }
                     _ => {
                         h.final_bit = true;
-                        self.deferred.insert(h.cmdsn, Deferred::Scsi(h, Bytes::new()));
+                        self.deferred
+                            .insert(h.cmdsn, Deferred::Scsi(h, Bytes::new()));
                     }
                 }
                 return Flow::Continue;
@@ -493,7 +509,12 @@ impl Conn {
         self.delivered_or_deferred(h, Bytes::new(), admit).await
     }
 
-    async fn delivered_or_deferred(&mut self, h: pdu::ScsiCommand, data: Bytes, admit: Admit) -> Flow {
+    async fn delivered_or_deferred(
+        &mut self,
+        h: pdu::ScsiCommand,
+        data: Bytes,
+        admit: Admit,
+    ) -> Flow {
         match admit {
             Admit::Now => {
                 let immediate = h.immediate;
@@ -530,10 +551,7 @@ impl Conn {
     async fn respond_invalid_cdb(&self, h: &pdu::ScsiCommand) {
         let res = scsi::ScsiResult {
             status: scsi::status::CHECK_CONDITION,
-            // Fixed format: ILLEGAL REQUEST, INVALID FIELD IN CDB.
-            sense: Some(Bytes::from_static(&[
-                0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0,
-            ])),
+            sense: Some(fixed_sense(0x05, 0x24, 0x00)),
             ..Default::default()
         };
         for o in response::build(h, res, self.params.max_xmit, 0) {
@@ -549,8 +567,9 @@ impl Conn {
             return Flow::Continue;
         };
         if let Err(e) = x.accept(&d, &p.data) {
-            debug!(itt = d.itt, error = %e, "data-out sequence error; dropping connection");
-            return Flow::Close;
+            debug!(itt = d.itt, error = %e, "data-out sequence error; failing the command");
+            self.fail_transfer(d.itt, &e).await;
+            return Flow::Continue;
         }
         if !x.complete() {
             let mut ttt = self.next_ttt;
@@ -561,7 +580,8 @@ impl Conn {
             });
             self.next_ttt = ttt;
             for r in r2ts {
-                self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek).await;
+                self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek)
+                    .await;
             }
             return Flow::Continue;
         }
@@ -571,13 +591,58 @@ impl Conn {
         let data = x.take_data();
         if let Some(h) = self.delivered_writes.remove(&d.itt) {
             self.execute(h, data);
-        } else if let Some(Deferred::Scsi(h, _)) = self.deferred.iter().find_map(|(sn, v)| match v {
-            Deferred::Scsi(h, _) if h.itt == d.itt => Some(*sn),
-            _ => None,
-        }).and_then(|sn| self.deferred.remove(&sn)) {
+        } else if let Some(Deferred::Scsi(h, _)) = self
+            .deferred
+            .iter()
+            .find_map(|(sn, v)| match v {
+                Deferred::Scsi(h, _) if h.itt == d.itt => Some(*sn),
+                _ => None,
+            })
+            .and_then(|sn| self.deferred.remove(&sn))
+        {
             self.deferred.insert(h.cmdsn, Deferred::Scsi(h, data));
         }
         Flow::Continue
+    }
+
+    /// Ends a write whose data-out broke sequence: nothing is written, the
+    /// command gets CHECK CONDITION, and later data for it is discarded.
+    /// (At ErrorRecoveryLevel 0 there is no within-command recovery; failing
+    /// the one task keeps the session's other tasks alive.)
+    async fn fail_transfer(&mut self, itt: u32, e: &XferError) {
+        self.writes.remove(&itt);
+        let h = match self.delivered_writes.remove(&itt) {
+            Some(h) => Some(h),
+            None => {
+                let mut found = None;
+                for d in self.deferred.values_mut() {
+                    if let Deferred::Scsi(h, _) = d {
+                        if h.itt == itt {
+                            found = Some(h.clone());
+                            *d = Deferred::Hole;
+                        }
+                    }
+                }
+                found
+            }
+        };
+        self.session.tasks.lock().remove(&itt);
+        let Some(h) = h else { return };
+        let (asc, ascq) = match e {
+            XferError::DataSn { .. } => (0x4b, 0x00),
+            XferError::Ttt(_) => (0x4b, 0x01),
+            XferError::Overrun => (0x4b, 0x02),
+            XferError::Offset { .. } => (0x4b, 0x05),
+            XferError::Unsolicited => (0x0c, 0x0c),
+        };
+        let res = scsi::ScsiResult {
+            status: scsi::status::CHECK_CONDITION,
+            sense: Some(fixed_sense(0x0b, asc, ascq)),
+            ..Default::default()
+        };
+        for o in response::build(&h, res, self.params.max_xmit, 0) {
+            let _ = self.out.send(o).await;
+        }
     }
 
     /// Starts a command as its own task; its response goes to the writer.
@@ -649,4 +714,12 @@ enum Admit {
     Now,
     Defer,
     Drop,
+}
+
+/// Transport-level sense in fixed format (the LU's D_SENSE does not apply to
+/// errors the transport detects before a command reaches the LU).
+fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Bytes {
+    Bytes::copy_from_slice(&[
+        0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0,
+    ])
 }

@@ -112,7 +112,11 @@ impl WriteXfer {
     }
 
     /// New R2Ts to send now. `next_ttt` allocates transfer tags.
-    pub fn solicit(&mut self, lim: &XferLimits, mut next_ttt: impl FnMut() -> u32) -> Vec<pdu::R2t> {
+    pub fn solicit(
+        &mut self,
+        lim: &XferLimits,
+        mut next_ttt: impl FnMut() -> u32,
+    ) -> Vec<pdu::R2t> {
         let mut out = Vec::new();
         if self.unsol_open {
             return out;
@@ -238,8 +242,11 @@ mod tests {
         let mut x = WriteXfer::new(1, 0, 40960, &imm, false, &LIM, 1 << 20);
         let mut t = 100;
         assert!(x.solicit(&LIM, || 0).is_empty(), "wait for unsolicited end");
-        x.accept(&dout(RESERVED_TAG, 0, 4096, true), &Bytes::from(vec![2u8; 4096]))
-            .unwrap();
+        x.accept(
+            &dout(RESERVED_TAG, 0, 4096, true),
+            &Bytes::from(vec![2u8; 4096]),
+        )
+        .unwrap();
         let r2ts = x.solicit(&LIM, || {
             t += 1;
             t
@@ -267,7 +274,10 @@ mod tests {
     fn rejects_bad_offsets_and_tags() {
         let mut x = WriteXfer::new(1, 0, 8192, &Bytes::new(), true, &LIM, 1 << 20);
         assert_eq!(
-            x.accept(&dout(RESERVED_TAG, 0, 0, true), &Bytes::from(vec![0u8; 512])),
+            x.accept(
+                &dout(RESERVED_TAG, 0, 0, true),
+                &Bytes::from(vec![0u8; 512])
+            ),
             Err(XferError::Unsolicited)
         );
         let r = x.solicit(&LIM, || 7);

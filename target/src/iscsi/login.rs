@@ -11,7 +11,6 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tracing::{debug, info};
-use vtgt_engine::Notice;
 use vtgt_protocol::iscsi::login::{
     ChapCredentials, LoginPolicy, LoginRequest, LoginResponse, LoginStatus, SessionType, Stage,
     TargetLogin,
@@ -70,7 +69,9 @@ impl LoginPolicy for Policy<'_> {
         t.chap_for(initiator_name).map(creds)
     }
     fn target_alias(&self, target_name: &str) -> Option<String> {
-        self.shared.target(target_name).and_then(|t| t.alias.clone())
+        self.shared
+            .target(target_name)
+            .and_then(|t| t.alias.clone())
     }
     fn portal_group_tag(&self, _target_name: &str) -> u16 {
         self.portal.tpgt
@@ -264,11 +265,10 @@ async fn establish(
     });
     shared.sessions.insert(session.clone());
     if let Some(t) = &target {
-        // A nexus seen for the first time since start sees POWER ON.
+        // Like LIO and tgt, a new nexus starts without a unit attention:
+        // initiators such as iscsi-ls give up on a POWER ON at first TUR.
         for lu in t.luns().values() {
-            lu.control()
-                .register_nexus(nexus, Some(Notice::PowerOn))
-                .await;
+            lu.control().register_nexus(nexus, None).await;
         }
     }
     (session, target)

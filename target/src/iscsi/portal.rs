@@ -68,7 +68,12 @@ pub async fn serve(listener: TcpListener, portal: PortalInfo, shared: Arc<IscsiS
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, portal: PortalInfo, shared: Arc<IscsiShared>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    portal: PortalInfo,
+    shared: Arc<IscsiShared>,
+) {
     // Without NODELAY, Nagle plus delayed ACKs stall small PDU exchanges.
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(portal.listen);

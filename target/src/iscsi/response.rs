@@ -83,8 +83,15 @@ pub fn build(
             offset: off as u32,
             ..Default::default()
         };
-        let stamp = if collapse { Stamp::Status } else { Stamp::Window };
-        out.push(Out::Pdu(Pdu::new(di.to_bhs(), data.slice(off..off + n)), stamp));
+        let stamp = if collapse {
+            Stamp::Status
+        } else {
+            Stamp::Window
+        };
+        out.push(Out::Pdu(
+            Pdu::new(di.to_bhs(), data.slice(off..off + n)),
+            stamp,
+        ));
         datasn += 1;
         off += n;
     }

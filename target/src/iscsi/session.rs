@@ -71,7 +71,10 @@ impl SessionRegistry {
 
     pub fn allocate_tsih(&self) -> u16 {
         loop {
-            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let t = self
+                .next_tsih
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
             if t != 0 && !self.sessions.iter().any(|s| s.tsih == t) {
                 return t;
             }

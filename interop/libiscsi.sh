@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs libiscsi's conformance suite (iscsi-test-cu, family ALL, with a second
+# portal for the multipath tests) against a fresh vtgt on loopback, and
+# checks that iscsi-ls lists the target and its LUN.
+#
+# CUnit counts a skipped test as passed, so this script reports real passes,
+# skips and failures separately, and fails on any failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+need_packages libiscsi-bin
+
+work=$(mktemp -d /tmp/vtgt-libiscsi.XXXXXX)
+trap 'stop_vtgt; rm -rf "$work"' EXIT
+target=iqn.2026-11.org.vtgt:libiscsi
+cat >"$work/vtgt.toml" <<TOML
+data_dir = "$work/data"
+[iscsi]
+nop_interval_secs = 10
+[[iscsi.portals]]
+listen = "127.0.0.1:0"
+[[iscsi.portals]]
+listen = "127.0.0.2:0"
+[[volume]]
+name = "libiscsi"
+backend = "file"
+path = "libiscsi.img"
+size = "256MiB"
+[[target]]
+name = "$target"
+[[target.lun]]
+id = 0
+volume = "libiscsi"
+TOML
+start_vtgt "$work/vtgt.toml" "$work/vtgt.log"
+p1=$(echo "$PORTALS" | sed -n 1p)
+p2=$(echo "$PORTALS" | sed -n 2p)
+
+echo "== iscsi-ls -s iscsi://$p1"
+ls_out=$(iscsi-ls -s "iscsi://$p1")
+echo "$ls_out"
+echo "$ls_out" | grep -q "Target:$target" || { echo "iscsi-ls: target missing" >&2; exit 1; }
+echo "$ls_out" | grep -q "Lun:0 .*DIRECT_ACCESS" || { echo "iscsi-ls: LUN 0 missing" >&2; exit 1; }
+
+tests=${LIBISCSI_TESTS:-ALL}
+echo "== iscsi-test-cu -d -t $tests (multipath URL on a second portal)"
+set +e
+timeout 1200 iscsi-test-cu -d -V -t "$tests" \
+    "iscsi://$p1/$target/0" "iscsi://$p2/$target/0" >"$work/cu.log" 2>&1
+rc=$?
+set -e
+
+# One record per test: a test's result is the first "passed"/"FAILED" after
+# its "Test: NAME ..." marker; any "[SKIPPED]" before that makes it a skip.
+perl -ne '
+    BEGIN { $suite = ""; }
+    $suite = $1 if /^Suite: (\S+)/;
+    while (/(Test: (\S+) \.\.\.|\[SKIPPED\]|\[FAILED\]|(?<![\[\w])passed\b|(?<![\[\w])FAILED(?!\]))/g) {
+        my $m = $1;
+        if ($m =~ /^Test: (\S+)/) { $cur = "$suite.$1"; $skip = 0; }
+        elsif ($m eq "[SKIPPED]") { $skip = 1 if defined $cur; }
+        elsif ($m eq "[FAILED]") { }
+        elsif (defined $cur) {
+            print(($m eq "passed" ? ($skip ? "SKIP" : "PASS") : "FAIL"), " $cur\n");
+            undef $cur;
+        }
+    }
+' "$work/cu.log" >"$work/results"
+
+pass=$(grep -c '^PASS' "$work/results" || true)
+skip=$(grep -c '^SKIP' "$work/results" || true)
+fail=$(grep -c '^FAIL' "$work/results" || true)
+grep -A4 'Run Summary' "$work/cu.log" || true
+if [ "$skip" -gt 0 ]; then
+    echo "-- skipped:"
+    grep '^SKIP' "$work/results" | sed 's/^SKIP /   /'
+fi
+if [ "$fail" -gt 0 ] || [ "$rc" -ne 0 ]; then
+    echo "-- failed:"
+    grep '^FAIL' "$work/results" | sed 's/^FAIL /   /'
+    grep -n '\[FAILED\]\|CU_ASSERT' "$work/cu.log" | head -50
+    [ "$fail" -eq 0 ] && fail=1
+fi
+if [ $((pass + skip + fail)) -eq 0 ]; then
+    echo "no libiscsi test ran" >&2
+    tail -20 "$work/cu.log" >&2
+    exit 1
+fi
+echo "libiscsi: $pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
