@@ -426,3 +426,24 @@ mutual_secret = "mnopqrstuvwxyz"
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn every_example_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "examples missing");
+        let d = Config::load(&dir.join("default.toml")).unwrap();
+        assert_eq!(d, Config::embedded_default());
+    }
+}
