@@ -25,7 +25,7 @@ use crate::scsi::{self, ScsiCommand};
 use crate::target::Target;
 
 /// Largest transfer a command may move; more EDTL is drained and dropped.
-pub const MAX_IO_BYTES: u32 = 16 << 20;
+pub const MAX_IO_BYTES: u32 = 8 << 20;
 /// CmdSN window per session.
 pub const QUEUE_DEPTH: u32 = 128;
 
@@ -240,7 +240,7 @@ impl Conn {
             return Admit::Now;
         }
         let exp = self.window.exp();
-        let max = self.window.max();
+        let max = self.window.announced();
         if !sn_le(exp, cmdsn) || !sn_le(cmdsn, max) {
             // RFC 7143 §3.2.2.1: silently ignore commands outside the window.
             return Admit::Drop;
@@ -275,7 +275,7 @@ impl Conn {
     /// Treats `cmdsn` as received (TMF RefCmdSN handling).
     pub fn plug_hole(&mut self, cmdsn: u32) {
         let exp = self.window.exp();
-        if sn_lt(exp, cmdsn) && sn_le(cmdsn, self.window.max()) {
+        if sn_lt(exp, cmdsn) && sn_le(cmdsn, self.window.announced()) {
             self.deferred.entry(cmdsn).or_insert(Deferred::Hole);
         }
     }
@@ -465,6 +465,7 @@ impl Conn {
                 lun: h.lun,
                 cmdsn: h.cmdsn,
                 abort: None,
+                _slot: Some(self.window.task()),
             },
         );
         if h.write && h.edtl > 0 {

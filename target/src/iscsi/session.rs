@@ -18,6 +18,8 @@ pub struct TaskEntry {
     pub cmdsn: u32,
     /// Set once the task runs; aborting it drops its future.
     pub abort: Option<AbortHandle>,
+    /// Keeps the task counted against the CmdSN window.
+    pub _slot: Option<super::writer::TaskGuard>,
 }
 
 #[derive(Debug)]

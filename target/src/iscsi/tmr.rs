@@ -48,7 +48,7 @@ async fn run(conn: &mut Conn, req: &pdu::TaskMgmtRequest) -> u8 {
             // treated as received; one outside the window does not exist.
             let exp = conn.window.exp();
             if sn_le(exp, req.ref_cmdsn)
-                && sn_le(req.ref_cmdsn, conn.window.max())
+                && sn_le(req.ref_cmdsn, conn.window.announced())
                 && sn_lt(req.ref_cmdsn, req.cmdsn)
             {
                 conn.plug_hole(req.ref_cmdsn);

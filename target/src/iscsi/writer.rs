@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
-use vtgt_protocol::iscsi::pdu::{Digests, Pdu};
+use vtgt_protocol::iscsi::pdu::{sn_lt, Digests, Pdu};
 
 /// How the writer fills a PDU's sequence numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,16 @@ pub enum Out {
 }
 
 /// The command window, shared by the reader (which moves ExpCmdSN) and the
-/// writer (which reports it).
+/// writer (which reports it). MaxCmdSN shrinks as tasks pile up, so no more
+/// than `depth` tasks are ever outstanding. Initiators ignore a MaxCmdSN
+/// lower than one they saw, so admission checks against the highest one
+/// announced.
 #[derive(Debug)]
 pub struct Window {
     pub exp_cmdsn: AtomicU32,
     pub depth: u32,
+    inflight: AtomicU32,
+    announced: AtomicU32,
 }
 
 impl Window {
@@ -43,6 +48,8 @@ impl Window {
         Arc::new(Self {
             exp_cmdsn: AtomicU32::new(exp_cmdsn),
             depth,
+            inflight: AtomicU32::new(0),
+            announced: AtomicU32::new(exp_cmdsn.wrapping_add(depth - 1)),
         })
     }
 
@@ -50,8 +57,38 @@ impl Window {
         self.exp_cmdsn.load(Ordering::Acquire)
     }
 
+    /// The MaxCmdSN to report now.
     pub fn max(&self) -> u32 {
-        self.exp().wrapping_add(self.depth - 1)
+        let busy = self.inflight.load(Ordering::Acquire).min(self.depth);
+        self.exp().wrapping_add(self.depth - busy).wrapping_sub(1)
+    }
+
+    /// The highest MaxCmdSN ever reported: the true edge of the window.
+    pub fn announced(&self) -> u32 {
+        self.announced.load(Ordering::Acquire)
+    }
+
+    fn report(&self) -> u32 {
+        let m = self.max();
+        if sn_lt(self.announced(), m) {
+            self.announced.store(m, Ordering::Release);
+        }
+        m
+    }
+
+    /// Counts one outstanding task until the guard is dropped.
+    pub fn task(self: &Arc<Self>) -> TaskGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(self.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct TaskGuard(Arc<Window>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -83,7 +120,7 @@ pub async fn run(
                         Stamp::Window => {}
                     }
                     b.set_u32(28, exp);
-                    b.set_u32(32, window.max());
+                    b.set_u32(32, window.report());
                     pdu.encode(&mut buf, digests);
                 }
                 Out::Close => {
