@@ -92,7 +92,7 @@ fn device_identification(id: &LuIdentity) -> Vec<u8> {
     // padded to a multiple of 4.
     let mut name: Vec<u8> = id.target_name.bytes().take(223).collect();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     designator(&mut d, 0x3, 0x80 | 0x20 | 0x08, &name);
