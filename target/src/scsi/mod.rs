@@ -123,8 +123,9 @@ async fn fast_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, rw: cdb::RwCdb) -> O
     let exposure = lu.control().exposure();
     let vol = exposure.volume();
     let bytes = rw.blocks as usize * vol.block_size() as usize;
-    if rw.write && cmd.data_out.len() < bytes {
-        // A short data-out needs the control path's residual handling.
+    if rw.write && (cmd.data_out.len() < bytes || lu.write_protected()) {
+        // A short data-out needs the control path's residual handling; a
+        // write-protected medium its DATA PROTECT error.
         return None;
     }
     let kind = if rw.write {

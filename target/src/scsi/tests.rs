@@ -621,3 +621,22 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn software_write_protect() {
+    let lu = new_lu();
+    let r = run(&lu, &[0x1A, 0x08, 0x0A, 0, 255, 0]).await;
+    let mut list = vec![0u8, 0, 0, 0];
+    list.extend_from_slice(&r.data_in[4..]);
+    list[4 + 4] |= 0x08;
+    let sel = [0x15, 0x10, 0, 0, list.len() as u8, 0];
+    assert_good(&run_data(&lu, &sel, list.clone()).await);
+    let r = run(&lu, &[0x1A, 0x08, 0x0A, 0, 255, 0]).await;
+    assert_eq!(r.data_in[2] & 0x80, 0x80, "WP in the header");
+    let s = sense(&run_data(&lu, &rw10(0x2A, 0, 0, 1), vec![0; 512]).await);
+    assert_eq!((s.key, s.asc), (key::DATA_PROTECT, Asc::WRITE_PROTECTED));
+    assert_good(&run(&lu, &rw10(0x28, 0, 0, 1)).await);
+    list[4 + 4] &= !0x08;
+    assert_good(&run_data(&lu, &sel, list).await);
+    assert_good(&run_data(&lu, &rw10(0x2A, 0, 0, 1), vec![0; 512]).await);
+}
