@@ -603,12 +603,22 @@ async fn cache_prefetch_start_stop() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
-    /// Arbitrary CDBs never panic and always produce a valid status and,
-    /// with CHECK CONDITION, parsable sense.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+    /// Arbitrary CDBs (biased towards the opcodes we implement) never panic
+    /// and always produce a valid status and, with CHECK CONDITION,
+    /// parsable sense.
     #[test]
-    fn arbitrary_cdbs_do_not_panic(cdb in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+    fn arbitrary_cdbs_do_not_panic(known in proptest::prelude::any::<proptest::sample::Index>(),
+                                   use_known in proptest::prelude::any::<bool>(),
+                                   mut cdb in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
                                    data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1100)) {
+        if use_known && !cdb.is_empty() {
+            let info = &opcodes::COMMANDS[known.index(opcodes::COMMANDS.len())];
+            cdb[0] = info.opcode;
+            if let (Some(sa), Some(b1)) = (info.sa, cdb.get_mut(1)) {
+                *b1 = (*b1 & 0xE0) | sa as u8;
+            }
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let lu = new_lu();
