@@ -650,3 +650,32 @@ async fn software_write_protect() {
     assert_good(&run_data(&lu, &sel, list).await);
     assert_good(&run_data(&lu, &rw10(0x2A, 0, 0, 1), vec![0; 512]).await);
 }
+
+/// A sparse 2 TiB + 512 B volume: READ CAPACITY (10) must send the
+/// initiator to (16), and short block descriptors saturate.
+#[tokio::test]
+async fn capacity_beyond_32_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = (1u64 << 32) + 1;
+    let Ok(b) = vtgt_engine::FileBackend::open_or_create(&dir.path().join("big"), blocks * 512)
+    else {
+        return; // The filesystem cannot hold a sparse file this large.
+    };
+    let vol = Volume::simple("big", Arc::new(b), 512);
+    let lu = LogicalUnit::new(0, LuControl::new(Exposure::new(vol)), identity());
+    let r = run(&lu, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+    assert_eq!(&r.data_in[..4], &[0xFF; 4]);
+    let mut c16 = [0u8; 16];
+    c16[0] = 0x9E;
+    c16[1] = 0x10;
+    c16[13] = 32;
+    let r = run(&lu, &c16).await;
+    assert_eq!(&r.data_in[..8], &(blocks - 1).to_be_bytes());
+    let r = run(&lu, &[0x1A, 0, 0x08, 0, 255, 0]).await;
+    assert_eq!(&r.data_in[4..8], &[0xFF; 4]);
+    // The last block is reachable with READ (16) only.
+    let r = run(&lu, &rw16(0x88, blocks - 1, 1)).await;
+    assert_good(&r);
+    let s = sense(&run(&lu, &rw16(0x88, blocks, 1)).await);
+    assert_eq!(s.asc, Asc::LBA_OUT_OF_RANGE);
+}
