@@ -679,3 +679,15 @@ async fn capacity_beyond_32_bits() {
     let s = sense(&run(&lu, &rw16(0x88, blocks, 1)).await);
     assert_eq!(s.asc, Asc::LBA_OUT_OF_RANGE);
 }
+
+/// The transport spawns command futures on a multi-threaded runtime.
+#[test]
+fn command_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let lu = new_lu();
+    let c = [0u8; 6];
+    let f = execute(&lu, cmd(&c, 1, Vec::new()));
+    assert_send(&f);
+    let r = lun_reset(&lu, 1);
+    assert_send(&r);
+}
