@@ -235,8 +235,8 @@ pub fn fast_rw(cdb: &[u8]) -> Option<RwCdb> {
         op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => true,
         _ => return None,
     };
-    // Control byte: only the vendor-specific bits may be set.
-    if byte(cdb, n - 1) & 0x3F != 0 {
+    // Control byte: NACA, LINK and vendor bits are the control path's.
+    if byte(cdb, n - 1) != 0 {
         return None;
     }
     let b1 = byte(cdb, 1);

@@ -92,7 +92,7 @@ fn device_identification(id: &LuIdentity) -> Vec<u8> {
     // padded to a multiple of 4.
     let mut name: Vec<u8> = id.target_name.bytes().take(223).collect();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     designator(&mut d, 0x3, 0x80 | 0x20 | 0x08, &name);
@@ -115,8 +115,9 @@ pub fn vpd_page(lu: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
         0x83 => device_identification(id),
         0x86 => {
             let mut b = vec![0u8; 60];
-            // SIMPSUP, ORDSUP, HEADSUP: task attributes the transport honours.
-            b[1] = 0x07;
+            // SIMPSUP only: ordering beyond SIMPLE is the transport's to
+            // claim, and it does not.
+            b[1] = 0x01;
             // LUICLR: a reported unit attention is cleared for that nexus.
             b[3] = 0x01;
             b

@@ -41,6 +41,7 @@ pub struct LogicalUnit {
     /// readable without the lock.
     wce: AtomicBool,
     d_sense: AtomicBool,
+    swp: AtomicBool,
     /// Nexuses already registered with the control state, so raise_all
     /// reaches them; checked on every command without awaiting.
     nexuses: RwLock<HashSet<NexusId>>,
@@ -55,6 +56,7 @@ impl LogicalUnit {
             identity,
             wce: AtomicBool::new(mode.wce),
             d_sense: AtomicBool::new(mode.d_sense),
+            swp: AtomicBool::new(mode.swp),
             mode: Mutex::new(mode),
             nexuses: RwLock::new(HashSet::new()),
         })
@@ -94,6 +96,11 @@ impl LogicalUnit {
         self.d_sense.load(Ordering::Acquire)
     }
 
+    /// Whether the medium is software write protected (SWP).
+    pub fn write_protected(&self) -> bool {
+        self.swp.load(Ordering::Acquire)
+    }
+
     pub(crate) fn mode(&self) -> ModeParams {
         *self.mode.lock()
     }
@@ -105,6 +112,7 @@ impl LogicalUnit {
         *m = next;
         self.wce.store(next.wce, Ordering::Release);
         self.d_sense.store(next.d_sense, Ordering::Release);
+        self.swp.store(next.swp, Ordering::Release);
         changed
     }
 }

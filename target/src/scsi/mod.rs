@@ -1,11 +1,32 @@
 //! The SCSI command layer (SAM-5, SPC-4, SBC-3) over the engine.
 //!
-//! The transport hands every command to [`execute`]. Plain reads and writes
-//! try the engine's fast path; everything else, and every fast-path fault,
-//! runs here on the control path.
+//! The transport hands every command to [`execute`] (or [`execute_no_lu`]
+//! for LUNs it does not have) and LOGICAL UNIT RESET to [`lun_reset`].
+//! Plain reads and writes try the engine's fast path; everything else, and
+//! every fast-path fault, runs here on the control path.
+//!
+//! One concept per module: [`lu`] (the logical unit), [`spc`] (TEST UNIT
+//! READY, REQUEST SENSE, REPORT LUNS), [`inquiry`], [`mode`], [`opcodes`]
+//! (command table, usage maps, REPORT SUPPORTED OPERATION CODES / TMFs),
+//! [`sbc`] (block commands) and [`ua`] (unit attentions).
 
 use bytes::Bytes;
-use vtgt_engine::NexusId;
+use vtgt_engine::{FaultReason, IoKind, NexusId, Notice};
+use vtgt_protocol::scsi::cdb::{self, decode_rw, fast_rw, op, FieldError, RwKind};
+use vtgt_protocol::scsi::sense::{Asc, Sense};
+
+pub mod inquiry;
+pub mod lu;
+pub mod mode;
+pub mod opcodes;
+pub mod sbc;
+pub mod spc;
+pub mod ua;
+
+#[cfg(test)]
+mod tests;
+
+pub use lu::{LogicalUnit, LuIdentity};
 
 /// SCSI status codes (SAM-5).
 pub mod status {
@@ -49,23 +70,6 @@ pub struct ScsiResult {
     /// transport can report overflow or underflow against `edtl`.
     pub data_out_len: Option<u32>,
 }
-
-pub mod inquiry;
-pub mod lu;
-pub mod mode;
-pub mod opcodes;
-pub mod sbc;
-pub mod spc;
-pub mod ua;
-
-#[cfg(test)]
-mod tests;
-
-use vtgt_engine::{FaultReason, IoKind, Notice};
-use vtgt_protocol::scsi::cdb::{self, decode_rw, fast_rw, op, FieldError, RwKind};
-use vtgt_protocol::scsi::sense::{Asc, Sense};
-
-pub use lu::{LogicalUnit, LuIdentity};
 
 /// Maximum transfer length in blocks (Block Limits VPD page), 4 MiB at 512
 /// bytes per block. Longer transfers are INVALID FIELD IN CDB.
@@ -123,8 +127,9 @@ async fn fast_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, rw: cdb::RwCdb) -> O
     let exposure = lu.control().exposure();
     let vol = exposure.volume();
     let bytes = rw.blocks as usize * vol.block_size() as usize;
-    if rw.write && cmd.data_out.len() < bytes {
-        // A short data-out needs the control path's residual handling.
+    if rw.write && (cmd.data_out.len() < bytes || lu.write_protected()) {
+        // A short data-out needs the control path's residual handling; a
+        // write-protected medium its DATA PROTECT error.
         return None;
     }
     let kind = if rw.write {

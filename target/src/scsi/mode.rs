@@ -31,6 +31,8 @@ pub struct ModeParams {
     pub d_sense: bool,
     /// Informational exceptions: disable exception reporting.
     pub dexcpt: bool,
+    /// Control: software write protect; writes fail with DATA PROTECT.
+    pub swp: bool,
 }
 
 impl Default for ModeParams {
@@ -42,6 +44,7 @@ impl Default for ModeParams {
             rcd: false,
             d_sense: false,
             dexcpt: true,
+            swp: false,
         }
     }
 }
@@ -65,9 +68,9 @@ impl ModeParams {
                 rcd: true,
                 d_sense: true,
                 dexcpt: true,
+                swp: true,
             },
         };
-        let fixed = pc != PageControl::Changeable;
         let bit = |on: bool, mask: u8| if on { mask } else { 0 };
         Some(match code {
             PAGE_CACHING => {
@@ -81,15 +84,11 @@ impl ModeParams {
                 let mut p = vec![0u8; 12];
                 p[0] = PAGE_CONTROL;
                 p[1] = 0x0A;
-                // TST 000b (one task set for all nexuses), D_SENSE.
+                // TST 000b (one task set for all nexuses), D_SENSE; QAM 0,
+                // QErr 00b, TAS 0; busy timeout undefined. Keeping the fixed
+                // fields zero lets initiators echo the page back verbatim.
                 p[2] = bit(v.d_sense, 0x04);
-                if fixed {
-                    // Unrestricted reordering; QErr 00b.
-                    p[3] = 0x10;
-                    // Busy timeout period: unlimited.
-                    p[8] = 0xFF;
-                    p[9] = 0xFF;
-                }
+                p[4] = bit(v.swp, 0x08);
                 p
             }
             PAGE_INFO_EXCEPTIONS => {
@@ -111,16 +110,25 @@ impl ModeParams {
                 self.wce = b2 & 0x04 != 0;
                 self.rcd = b2 & 0x01 != 0;
             }
-            PAGE_CONTROL => self.d_sense = b2 & 0x04 != 0,
+            PAGE_CONTROL => {
+                self.d_sense = b2 & 0x04 != 0;
+                self.swp = page.get(4).copied().unwrap_or(0) & 0x08 != 0;
+            }
             PAGE_INFO_EXCEPTIONS => self.dexcpt = b2 & 0x08 != 0,
             _ => {}
         }
     }
 }
 
-/// Device-specific parameter of the mode parameter header: WP = 0,
-/// DPOFUA = 1 (SBC-3 6.4.1).
-const DEVICE_SPECIFIC: u8 = 0x10;
+/// Device-specific parameter of the mode parameter header (SBC-3 6.4.1):
+/// WP mirrors SWP, DPOFUA = 1.
+fn device_specific(params: &ModeParams) -> u8 {
+    if params.swp {
+        0x90
+    } else {
+        0x10
+    }
+}
 
 /// MODE SENSE (6) and (10). Returns the whole mode data; the caller trims
 /// it to the allocation length.
@@ -177,7 +185,7 @@ pub fn mode_sense(lu: &LogicalUnit, cdb: &[u8]) -> Result<(Vec<u8>, usize), Sens
         let total = 8 + bd.len() + pages.len();
         out.extend_from_slice(&((total - 2) as u16).to_be_bytes());
         out.push(0);
-        out.push(DEVICE_SPECIFIC);
+        out.push(device_specific(&params));
         out.push(if ms.llbaa { 0x01 } else { 0x00 });
         out.push(0);
         out.extend_from_slice(&(bd.len() as u16).to_be_bytes());
@@ -185,7 +193,7 @@ pub fn mode_sense(lu: &LogicalUnit, cdb: &[u8]) -> Result<(Vec<u8>, usize), Sens
         let total = 4 + bd.len() + pages.len();
         out.push((total - 1) as u8);
         out.push(0);
-        out.push(DEVICE_SPECIFIC);
+        out.push(device_specific(&params));
         out.push(bd.len() as u8);
     }
     out.extend(bd);

@@ -130,6 +130,9 @@ pub async fn write(lu: &LogicalUnit, rw: &Rw, data_out: &Bytes) -> Result<(), Se
         return Err(Sense::invalid_cdb_field(1, Some(2)));
     }
     check_transfer(vol, rw, true)?;
+    if lu.write_protected() {
+        return Err(Sense::new(key::DATA_PROTECT, Asc::WRITE_PROTECTED));
+    }
     let data = received_blocks(vol, rw, data_out);
     if data.is_empty() {
         return Ok(());
