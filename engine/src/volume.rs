@@ -144,7 +144,7 @@ impl Volume {
     /// Control-path write: any range inside the volume, across extents.
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
         let bs = self.block_size as u64;
-        if data.len() as u64 % bs != 0 {
+        if !(data.len() as u64).is_multiple_of(bs) {
             return Err(EngineError::BadLength {
                 got: data.len(),
                 expected: (data.len() as u64 / bs * bs) as usize,

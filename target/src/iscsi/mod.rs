@@ -28,15 +28,6 @@ pub fn decode_lun(raw: u64) -> Option<u64> {
     }
 }
 
-/// Encodes a LUN the way REPORT LUNS does.
-pub fn encode_lun(lun: u64) -> u64 {
-    if lun < 256 {
-        lun << 48
-    } else {
-        ((0x4000 | (lun & 0x3fff)) as u64) << 48
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,7 +35,8 @@ mod tests {
     #[test]
     fn lun_encoding_round_trips() {
         for l in [0u64, 1, 255, 256, 16383] {
-            assert_eq!(decode_lun(encode_lun(l)), Some(l));
+            let raw = u64::from_be_bytes(crate::scsi::spc::encode_lun(l));
+            assert_eq!(decode_lun(raw), Some(l));
         }
         assert_eq!(decode_lun(0x0000_0001_0000_0000), None);
         assert_eq!(decode_lun(0x8000_0000_0000_0000), None);

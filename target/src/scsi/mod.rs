@@ -316,9 +316,10 @@ pub fn execute_no_lu(cmd: &ScsiCommand<'_>) -> ScsiResult {
 
 /// LOGICAL UNIT RESET (SAM-5 6.3.3, 7.7): the transport aborts the tasks;
 /// here the LU returns to its power-on operating state (mode parameters to
-/// their defaults, as nothing is saved) and every other nexus gets BUS
-/// DEVICE RESET FUNCTION OCCURRED.
-pub async fn lun_reset(lu: &LogicalUnit, issuer: NexusId) {
+/// their defaults, as nothing is saved) and every nexus, the issuer's
+/// included, gets BUS DEVICE RESET FUNCTION OCCURRED: the issuer's other
+/// tasks were aborted too, and multipath hosts expect it on every path.
+pub async fn lun_reset(lu: &LogicalUnit, _issuer: NexusId) {
     mode::reset(lu);
-    lu.control().raise_all(Notice::Reset, Some(issuer)).await;
+    lu.control().raise_all(Notice::Reset, None).await;
 }

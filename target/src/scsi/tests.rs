@@ -450,11 +450,13 @@ async fn mode_select_round_trip_and_notice() {
     );
     assert_eq!(s, Sense::invalid_param_field(4, Some(5)));
 
-    // LU reset restores defaults and tells the other nexus.
+    // LU reset restores defaults and tells every nexus, the issuer too.
     lun_reset(&lu, 1).await;
     assert!(!lu.descriptor_sense());
-    let s = sense(&execute(&lu, cmd(&[0, 0, 0, 0, 0, 0], 2, Vec::new())).await);
-    assert_eq!(s.asc, Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+    for nexus in [2, 1] {
+        let s = sense(&execute(&lu, cmd(&[0, 0, 0, 0, 0, 0], nexus, Vec::new())).await);
+        assert_eq!(s.asc, Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+    }
     assert_good(&run(&lu, &[0, 0, 0, 0, 0, 0]).await);
 }
 
