@@ -113,6 +113,7 @@ impl Server {
                 listen: addr,
                 advertise: p.advertise.clone(),
                 tpgt: p.portal_group,
+                relative_id: portals.len() as u16 + 1,
             });
             listeners.push(l);
         }

@@ -653,6 +653,10 @@ impl Conn {
         let target = self.target.clone();
         let max_xmit = self.params.max_xmit;
         let itt = h.itt;
+        let port = scsi::TargetPort {
+            relative_id: self.portal.relative_id,
+            group: self.portal.tpgt,
+        };
         let handle = tokio::spawn(async move {
             let luns = target.as_ref().map(|t| t.lun_ids()).unwrap_or_default();
             let lu = decode_lun(h.lun).and_then(|l| target.as_ref().and_then(|t| t.lun(l)));
@@ -665,6 +669,7 @@ impl Conn {
                 write: h.write,
                 nexus: session.nexus,
                 luns: &luns,
+                port,
             };
             let res = match lu {
                 Some(lu) => scsi::execute(&lu, cmd).await,

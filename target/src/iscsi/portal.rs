@@ -25,6 +25,8 @@ pub struct PortalInfo {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub tpgt: u16,
+    /// Relative target port identifier (1-based, unique per vtgt).
+    pub relative_id: u16,
 }
 
 /// State every iSCSI connection shares.

@@ -55,6 +55,25 @@ pub struct ScsiCommand<'a> {
     pub nexus: NexusId,
     /// The LUNs of this target the nexus may see, for REPORT LUNS.
     pub luns: &'a [u64],
+    /// The target port the command arrived through.
+    pub port: TargetPort,
+}
+
+/// A SCSI target port: its relative target port identifier and target port
+/// group (SPC-4 §4.3.3, §5.16). For iSCSI, one per portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetPort {
+    pub relative_id: u16,
+    pub group: u16,
+}
+
+impl Default for TargetPort {
+    fn default() -> Self {
+        Self {
+            relative_id: 1,
+            group: 1,
+        }
+    }
 }
 
 /// The outcome of a command.

@@ -35,6 +35,7 @@ fn cmd<'a>(cdb: &'a [u8], nexus: NexusId, data: Vec<u8>) -> ScsiCommand<'a> {
         data_out: Bytes::from(data),
         nexus,
         luns: &[0, 1, 300],
+        port: Default::default(),
     }
 }
 
