@@ -2,6 +2,7 @@
 //! library holds the front ends, the SCSI layer and the runtime so that
 //! integration tests can start a target in-process.
 
+pub mod admin;
 pub mod config;
 pub mod iscsi;
 pub mod scsi;

@@ -3,9 +3,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
-use vtgt::config::Config;
+
+use vtgt::admin::{AdminContext, Request};
+use vtgt::config::{BackendKind, Config};
 use vtgt::server::{apply_overrides, Overrides, Server};
 
 #[derive(Parser)]
@@ -39,9 +42,58 @@ enum Cmd {
         /// Prometheus metrics address (accepted; metrics are not served yet).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Admin socket (default: DATA_DIR/vtgt.sock).
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Talk to a running vtgt over its admin socket.
+    Admin {
+        /// Admin socket (default: vtgt-data/vtgt.sock).
+        #[arg(long, default_value = "vtgt-data/vtgt.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        op: AdminOp,
     },
     /// Check a configuration file and exit.
     CheckConfig { config: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AdminOp {
+    /// Targets, LUNs, volumes and fault counters.
+    Status,
+    /// Connected sessions.
+    Sessions,
+    /// Re-read the config file and apply it (like SIGHUP).
+    Reload,
+    /// Write the running configuration back to the config file, atomically.
+    Save,
+    /// Create a volume (sparse file under the data directory by default).
+    AddVolume {
+        name: String,
+        #[arg(long)]
+        size: String,
+        #[arg(long, value_parser = ["file", "block", "memory"])]
+        backend: Option<String>,
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Remove a volume that no LUN exports.
+    RemoveVolume { name: String },
+    /// Grow a volume (hosts see CAPACITY DATA HAS CHANGED).
+    Resize { volume: String, size: String },
+    /// Export a volume as a LUN (hosts see REPORTED LUNS DATA HAS CHANGED).
+    AddLun {
+        target: String,
+        lun: u64,
+        volume: String,
+    },
+    /// Remove a LUN.
+    RemoveLun { target: String, lun: u64 },
+    /// Add an initiator to a target's allow list.
+    AllowInitiator { target: String, initiator: String },
+    /// Remove an initiator from a target's allow list.
+    DisallowInitiator { target: String, initiator: String },
 }
 
 fn main() -> ExitCode {
@@ -65,15 +117,17 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Admin { socket, op } => admin(socket, op),
         Cmd::Serve {
             config,
             data_dir,
             iscsi_listen,
             nvme_listen: _,
             metrics_listen: _,
+            admin_socket,
         } => {
-            let mut cfg = match config {
-                Some(p) => match Config::load(&p) {
+            let mut cfg = match &config {
+                Some(p) => match Config::load(p) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("vtgt: {e}");
@@ -99,7 +153,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(cfg)) {
+            match rt.block_on(serve(cfg, config, admin_socket)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vtgt: {e:#}");
@@ -110,18 +164,103 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let server = Server::start(cfg).await?;
+async fn serve(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let socket = admin_socket.unwrap_or_else(|| vtgt::admin::default_socket(&cfg.data_dir));
+    let server = Arc::new(Server::start(cfg).await?);
+    let ctx = Arc::new(AdminContext {
+        server: server.clone(),
+        config_path: config_path.clone(),
+    });
+    vtgt::admin::serve(ctx.clone(), socket.clone()).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                match vtgt::admin::handle(&ctx, Request::Reload).await {
+                    Ok(v) => info!("SIGHUP: configuration reloaded: {v}"),
+                    Err(e) => error!("SIGHUP: reload refused, nothing changed: {e:#}"),
+                }
+            }
+        }
     }
+    let _ = std::fs::remove_file(&socket);
     if let Err(e) = server.shutdown().await {
         error!("shutdown: {e:#}");
         return Err(e);
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
+    let req = match op {
+        AdminOp::Status => Request::Status,
+        AdminOp::Sessions => Request::Sessions,
+        AdminOp::Reload => Request::Reload,
+        AdminOp::Save => Request::Save,
+        AdminOp::AddVolume {
+            name,
+            size,
+            backend,
+            path,
+        } => Request::AddVolume {
+            name,
+            size,
+            backend: backend.map(|b| match b.as_str() {
+                "block" => BackendKind::Block,
+                "memory" => BackendKind::Memory,
+                _ => BackendKind::File,
+            }),
+            path,
+        },
+        AdminOp::RemoveVolume { name } => Request::RemoveVolume { name },
+        AdminOp::Resize { volume, size } => Request::Resize { volume, size },
+        AdminOp::AddLun {
+            target,
+            lun,
+            volume,
+        } => Request::AddLun {
+            target,
+            lun,
+            volume,
+        },
+        AdminOp::RemoveLun { target, lun } => Request::RemoveLun { target, lun },
+        AdminOp::AllowInitiator { target, initiator } => {
+            Request::AllowInitiator { target, initiator }
+        }
+        AdminOp::DisallowInitiator { target, initiator } => {
+            Request::DisallowInitiator { target, initiator }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vtgt: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(vtgt::admin::call(&socket, &req)) {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vtgt admin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use vtgt_engine::{Backend, Exposure, FileBackend, LuControl, MemBackend, Volume};
+use vtgt_engine::{Backend, Exposure, FileBackend, LuControl, MemBackend, Notice, Volume};
 
 use crate::config::{BackendKind, Config};
 use crate::iscsi::{self, IscsiShared, PortalInfo};
@@ -36,8 +36,29 @@ pub struct VolumeEntry {
 pub struct Server {
     pub iscsi: Arc<IscsiShared>,
     pub iscsi_addrs: Vec<SocketAddr>,
-    pub volumes: HashMap<String, VolumeEntry>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The running configuration and the volumes built from it. Changes go
+    /// through [`Server::apply`], one at a time.
+    state: tokio::sync::Mutex<State>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct State {
+    cfg: Config,
+    volumes: HashMap<String, VolumeEntry>,
+}
+
+/// What a live configuration change did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ApplySummary {
+    pub volumes_added: Vec<String>,
+    pub volumes_grown: Vec<String>,
+    pub volumes_removed: Vec<String>,
+    pub targets_added: Vec<String>,
+    pub targets_removed: Vec<String>,
+    pub luns_added: Vec<String>,
+    pub luns_removed: Vec<String>,
+    /// Changes that only take effect after a restart.
+    pub needs_restart: Vec<String>,
 }
 
 pub fn apply_overrides(cfg: &mut Config, o: &Overrides) {
@@ -85,10 +106,7 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Server> {
         let mut volumes = HashMap::new();
         for v in &cfg.volumes {
-            let backend = open_backend(&cfg, v)?;
-            let volume = Volume::simple(&v.name, backend, v.block_size);
-            let control = LuControl::new(Exposure::new(volume.clone()));
-            volumes.insert(v.name.clone(), VolumeEntry { volume, control });
+            volumes.insert(v.name.clone(), open_volume(&cfg, v)?);
         }
         let mut targets = Vec::new();
         for t in &cfg.targets {
@@ -138,22 +156,207 @@ impl Server {
         Ok(Server {
             iscsi_addrs: portals.iter().map(|p| p.listen).collect(),
             iscsi: shared,
-            volumes,
-            tasks,
+            state: tokio::sync::Mutex::new(State { cfg, volumes }),
+            tasks: parking_lot::Mutex::new(tasks),
         })
     }
 
+    /// The running configuration.
+    pub async fn config(&self) -> Config {
+        self.state.lock().await.cfg.clone()
+    }
+
+    pub async fn volume(&self, name: &str) -> Option<VolumeEntry> {
+        self.state.lock().await.volumes.get(name).cloned()
+    }
+
+    pub async fn volumes(&self) -> Vec<(String, VolumeEntry)> {
+        let st = self.state.lock().await;
+        let mut v: Vec<_> = st
+            .volumes
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Applies a new configuration without a restart: volumes are added or
+    /// grown, targets and LUNs added or removed, and hosts told through unit
+    /// attentions (CAPACITY DATA HAS CHANGED, REPORTED LUNS DATA HAS
+    /// CHANGED). Portal changes need a restart. Nothing changes if `new` is
+    /// invalid or a volume cannot be opened or grown.
+    pub async fn apply(&self, new: Config) -> Result<ApplySummary> {
+        new.validate()
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        let mut st = self.state.lock().await;
+        let mut sum = ApplySummary::default();
+        if new.iscsi != st.cfg.iscsi {
+            sum.needs_restart.push("iscsi portals and settings".into());
+        }
+        if new.data_dir != st.cfg.data_dir {
+            sum.needs_restart.push("data_dir".into());
+        }
+        // Prepare everything fallible before changing anything.
+        let mut opened = HashMap::new();
+        let mut grow = Vec::new();
+        for v in &new.volumes {
+            match st.cfg.volumes.iter().find(|o| o.name == v.name) {
+                None => {
+                    opened.insert(v.name.clone(), open_volume(&new, v)?);
+                }
+                Some(old) => {
+                    let same_backing = old.backend == v.backend
+                        && old.path == v.path
+                        && old.block_size == v.block_size;
+                    if !same_backing {
+                        return Err(anyhow!(
+                            "volume {:?}: backend, path and block size cannot change live",
+                            v.name
+                        ));
+                    }
+                    let bytes = v
+                        .size
+                        .as_deref()
+                        .map(crate::config::parse_size)
+                        .transpose()
+                        .map_err(|e| anyhow!("volume {:?}: {e}", v.name))?;
+                    if let (Some(bytes), Some(e)) = (bytes, st.volumes.get(&v.name)) {
+                        let blocks = bytes / v.block_size as u64;
+                        let cur = e.volume.num_blocks();
+                        if blocks < cur {
+                            return Err(anyhow!("volume {:?}: cannot shrink a volume", v.name));
+                        }
+                        if blocks > cur {
+                            grow.push((v.name.clone(), e.clone(), blocks));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, e, blocks) in grow {
+            e.volume
+                .grow(blocks)
+                .await
+                .with_context(|| format!("growing volume {name}"))?;
+            e.control.raise_all(Notice::CapacityChanged, None).await;
+            sum.volumes_grown.push(name);
+        }
+        for (name, e) in opened {
+            st.volumes.insert(name.clone(), e);
+            sum.volumes_added.push(name);
+        }
+        // Targets and LUNs.
+        let mut targets: Vec<Arc<Target>> = self.iscsi.targets.load().iter().cloned().collect();
+        for t in &new.targets {
+            let mut luns = BTreeMap::new();
+            for l in &t.luns {
+                let e = st
+                    .volumes
+                    .get(&l.volume)
+                    .ok_or_else(|| anyhow!("unknown volume {}", l.volume))?;
+                let existing = targets
+                    .iter()
+                    .find(|x| x.name == t.name)
+                    .and_then(|x| x.lun(l.id))
+                    .filter(|lu| Arc::ptr_eq(lu.volume(), &e.volume));
+                luns.insert(l.id, existing.unwrap_or_else(|| make_lu(l.id, e, &t.name)));
+            }
+            match targets.iter().position(|x| x.name == t.name) {
+                Some(i) => {
+                    let old = targets[i].luns();
+                    let added: Vec<u64> = luns
+                        .keys()
+                        .filter(|k| !old.contains_key(k))
+                        .copied()
+                        .collect();
+                    let removed: Vec<u64> = old
+                        .keys()
+                        .filter(|k| !luns.contains_key(k))
+                        .copied()
+                        .collect();
+                    let changed = !added.is_empty()
+                        || !removed.is_empty()
+                        || old
+                            .iter()
+                            .any(|(k, lu)| luns.get(k).is_some_and(|n| !Arc::ptr_eq(n, lu)));
+                    // ACL and CHAP changes apply to later logins; LUNs
+                    // change in place, so sessions are not dropped.
+                    targets[i].set_auth(t);
+                    targets[i].set_luns(luns.clone());
+                    if changed {
+                        let nexuses: Vec<_> = self
+                            .iscsi
+                            .sessions
+                            .of_target(&t.name)
+                            .iter()
+                            .map(|s| s.nexus)
+                            .collect();
+                        for lu in luns.values() {
+                            for n in &nexuses {
+                                lu.control().raise(*n, Notice::ReportedLunsChanged).await;
+                            }
+                        }
+                    }
+                    sum.luns_added
+                        .extend(added.iter().map(|l| format!("{}/{l}", t.name)));
+                    sum.luns_removed
+                        .extend(removed.iter().map(|l| format!("{}/{l}", t.name)));
+                }
+                None => {
+                    targets.push(Target::new(t, luns));
+                    sum.targets_added.push(t.name.clone());
+                }
+            }
+        }
+        let removed: Vec<Arc<Target>> = targets
+            .iter()
+            .filter(|t| !new.targets.iter().any(|n| n.name == t.name))
+            .cloned()
+            .collect();
+        targets.retain(|t| new.targets.iter().any(|n| n.name == t.name));
+        self.iscsi.targets.store(Arc::new(targets));
+        for t in removed {
+            for s in self.iscsi.sessions.of_target(&t.name) {
+                s.kill.cancel();
+            }
+            sum.targets_removed.push(t.name.clone());
+        }
+        // Volumes no longer in the config are closed once nothing uses them.
+        let gone: Vec<String> = st
+            .volumes
+            .keys()
+            .filter(|k| !new.volumes.iter().any(|v| &v.name == *k))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(e) = st.volumes.remove(&name) {
+                let _ = e.volume.flush().await;
+            }
+            sum.volumes_removed.push(name);
+        }
+        let mut kept = new;
+        // Keep running values for what needs a restart, so the config
+        // written back describes what is really running.
+        kept.iscsi = st.cfg.iscsi.clone();
+        kept.data_dir = st.cfg.data_dir.clone();
+        st.cfg = kept;
+        info!(?sum, "configuration applied");
+        Ok(sum)
+    }
+
     /// Stops accepting, ends every session, and flushes every volume.
-    pub async fn shutdown(self) -> Result<()> {
+    pub async fn shutdown(&self) -> Result<()> {
         self.iscsi.shutdown.cancel();
         for s in self.iscsi.sessions.all() {
             s.kill.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), s.done.cancelled()).await;
         }
-        for t in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
             let _ = t.await;
         }
-        for (name, v) in &self.volumes {
+        for (name, v) in &self.state.lock().await.volumes {
             v.volume
                 .flush()
                 .await
@@ -161,6 +364,13 @@ impl Server {
         }
         Ok(())
     }
+}
+
+fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<VolumeEntry> {
+    let backend = open_backend(cfg, v)?;
+    let volume = Volume::simple(&v.name, backend, v.block_size);
+    let control = LuControl::new(Exposure::new(volume.clone()));
+    Ok(VolumeEntry { volume, control })
 }
 
 pub fn make_lu(lun: u64, e: &VolumeEntry, target: &str) -> Arc<LogicalUnit> {

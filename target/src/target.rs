@@ -15,19 +15,24 @@ use crate::scsi::lu::LogicalUnit;
 #[derive(Debug)]
 pub struct Target {
     pub name: String,
-    pub alias: Option<String>,
     luns: ArcSwap<BTreeMap<u64, Arc<LogicalUnit>>>,
+    auth: ArcSwap<TargetAuth>,
+}
+
+/// Who may log in and how; replaced as a whole on a live change, which
+/// applies to later logins.
+#[derive(Debug, Clone)]
+pub struct TargetAuth {
+    pub alias: Option<String>,
     pub allowed_initiators: Vec<String>,
     pub chap: Option<ChapConfig>,
     pub initiator_chap: Vec<(String, ChapConfig)>,
 }
 
-impl Target {
-    pub fn new(cfg: &TargetConfig, luns: BTreeMap<u64, Arc<LogicalUnit>>) -> Arc<Self> {
-        Arc::new(Self {
-            name: cfg.name.clone(),
+impl TargetAuth {
+    fn from_config(cfg: &TargetConfig) -> Self {
+        Self {
             alias: cfg.alias.clone(),
-            luns: ArcSwap::from_pointee(luns),
             allowed_initiators: cfg.allowed_initiators.clone(),
             chap: cfg.chap.clone(),
             initiator_chap: cfg
@@ -35,7 +40,26 @@ impl Target {
                 .iter()
                 .map(|c| (c.initiator.clone(), c.chap.clone()))
                 .collect(),
+        }
+    }
+}
+
+impl Target {
+    pub fn new(cfg: &TargetConfig, luns: BTreeMap<u64, Arc<LogicalUnit>>) -> Arc<Self> {
+        Arc::new(Self {
+            name: cfg.name.clone(),
+            luns: ArcSwap::from_pointee(luns),
+            auth: ArcSwap::from_pointee(TargetAuth::from_config(cfg)),
         })
+    }
+
+    /// Takes new ACL, CHAP and alias settings from `cfg`.
+    pub fn set_auth(&self, cfg: &TargetConfig) {
+        self.auth.store(Arc::new(TargetAuth::from_config(cfg)));
+    }
+
+    pub fn alias(&self) -> Option<String> {
+        self.auth.load().alias.clone()
     }
 
     pub fn luns(&self) -> Arc<BTreeMap<u64, Arc<LogicalUnit>>> {
@@ -55,20 +79,22 @@ impl Target {
     }
 
     pub fn initiator_allowed(&self, initiator: &str) -> bool {
-        self.allowed_initiators.is_empty()
-            || self
+        let auth = self.auth.load();
+        auth.allowed_initiators.is_empty()
+            || auth
                 .allowed_initiators
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(initiator))
     }
 
     /// CHAP credentials this initiator must present, if any.
-    pub fn chap_for(&self, initiator: &str) -> Option<&ChapConfig> {
-        self.initiator_chap
+    pub fn chap_for(&self, initiator: &str) -> Option<ChapConfig> {
+        let auth = self.auth.load();
+        auth.initiator_chap
             .iter()
             .find(|(i, _)| i.eq_ignore_ascii_case(initiator))
-            .map(|(_, c)| c)
-            .or(self.chap.as_ref())
+            .map(|(_, c)| c.clone())
+            .or_else(|| auth.chap.clone())
     }
 }
 

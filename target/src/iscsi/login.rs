@@ -66,12 +66,10 @@ impl LoginPolicy for Policy<'_> {
     }
     fn chap(&self, target_name: &str, initiator_name: &str) -> Option<ChapCredentials> {
         let t = self.shared.target(target_name)?;
-        t.chap_for(initiator_name).map(creds)
+        t.chap_for(initiator_name).as_ref().map(creds)
     }
     fn target_alias(&self, target_name: &str) -> Option<String> {
-        self.shared
-            .target(target_name)
-            .and_then(|t| t.alias.clone())
+        self.shared.target(target_name).and_then(|t| t.alias())
     }
     fn portal_group_tag(&self, _target_name: &str) -> u16 {
         self.portal.tpgt

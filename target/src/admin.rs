@@ -1,0 +1,339 @@
+//! The admin interface: JSON requests, one per line, over a Unix socket that
+//! only the owner may use. `vtgt admin` is its client.
+//!
+//! Every change is made by editing a copy of the running configuration and
+//! applying it live ([`Server::apply`]), so what runs and what `save` writes
+//! back never disagree.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::config::{BackendKind, Config, LunConfig, VolumeConfig};
+use crate::server::Server;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Sessions,
+    Reload,
+    Save,
+    AddVolume {
+        name: String,
+        size: String,
+        #[serde(default)]
+        backend: Option<BackendKind>,
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    RemoveVolume {
+        name: String,
+    },
+    Resize {
+        volume: String,
+        size: String,
+    },
+    AddLun {
+        target: String,
+        lun: u64,
+        volume: String,
+    },
+    RemoveLun {
+        target: String,
+        lun: u64,
+    },
+    AllowInitiator {
+        target: String,
+        initiator: String,
+    },
+    DisallowInitiator {
+        target: String,
+        initiator: String,
+    },
+}
+
+/// Where the config came from, for `reload` and `save`.
+pub struct AdminContext {
+    pub server: Arc<Server>,
+    pub config_path: Option<PathBuf>,
+}
+
+/// Default socket path under the data directory.
+pub fn default_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("vtgt.sock")
+}
+
+pub async fn serve(ctx: Arc<AdminContext>, path: PathBuf) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    // A stale socket from a killed vtgt would make bind fail.
+    if UnixStream::connect(&path).await.is_ok() {
+        bail!("admin socket {} is in use by another vtgt", path.display());
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("admin socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %path.display(), "admin socket up");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client(ctx, stream).await {
+                    warn!("admin connection: {e:#}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+async fn client(ctx: Arc<AdminContext>, stream: UnixStream) -> Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd.take(MAX_REQUEST as u64 * 64)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = if line.len() > MAX_REQUEST {
+            json!({"ok": false, "error": "request too long"})
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(req) => match handle(&ctx, req).await {
+                    Ok(v) => json!({"ok": true, "result": v}),
+                    Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+                },
+                Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            }
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
+    let server = &ctx.server;
+    let mut cfg = server.config().await;
+    match req {
+        Request::Status => return status(server).await,
+        Request::Sessions => return Ok(sessions(server)),
+        Request::Save => {
+            let path = ctx.config_path.as_ref().ok_or_else(|| {
+                anyhow!("vtgt runs on its embedded default; no config file to save to")
+            })?;
+            save_config(&cfg, path)?;
+            return Ok(json!({"saved": path}));
+        }
+        Request::Reload => {
+            let path = ctx
+                .config_path
+                .as_ref()
+                .ok_or_else(|| anyhow!("vtgt runs on its embedded default; nothing to reload"))?;
+            cfg = Config::load(path)?;
+        }
+        Request::AddVolume {
+            name,
+            size,
+            backend,
+            path,
+        } => {
+            if cfg.volumes.iter().any(|v| v.name == name) {
+                bail!("volume {name:?} exists");
+            }
+            let backend = backend.unwrap_or(BackendKind::File);
+            let path = match (backend, path) {
+                (BackendKind::Memory, p) => p,
+                (_, Some(p)) => Some(p),
+                (_, None) => Some(PathBuf::from(format!("{name}.img"))),
+            };
+            cfg.volumes.push(VolumeConfig {
+                name,
+                backend,
+                path,
+                size: Some(size),
+                block_size: 512,
+            });
+        }
+        Request::RemoveVolume { name } => {
+            if cfg
+                .targets
+                .iter()
+                .any(|t| t.luns.iter().any(|l| l.volume == name))
+            {
+                bail!("volume {name:?} is exported; remove its LUNs first");
+            }
+            let before = cfg.volumes.len();
+            cfg.volumes.retain(|v| v.name != name);
+            if cfg.volumes.len() == before {
+                bail!("no volume {name:?}");
+            }
+        }
+        Request::Resize { volume, size } => {
+            let v = cfg
+                .volumes
+                .iter_mut()
+                .find(|v| v.name == volume)
+                .ok_or_else(|| anyhow!("no volume {volume:?}"))?;
+            v.size = Some(size);
+        }
+        Request::AddLun {
+            target,
+            lun,
+            volume,
+        } => {
+            let t = find_target(&mut cfg, &target)?;
+            if t.luns.iter().any(|l| l.id == lun) {
+                bail!("target {target} already has LUN {lun}");
+            }
+            t.luns.push(LunConfig { id: lun, volume });
+            t.luns.sort_by_key(|l| l.id);
+        }
+        Request::RemoveLun { target, lun } => {
+            let t = find_target(&mut cfg, &target)?;
+            let before = t.luns.len();
+            t.luns.retain(|l| l.id != lun);
+            if t.luns.len() == before {
+                bail!("target {target} has no LUN {lun}");
+            }
+        }
+        Request::AllowInitiator { target, initiator } => {
+            let t = find_target(&mut cfg, &target)?;
+            if !t.allowed_initiators.contains(&initiator) {
+                t.allowed_initiators.push(initiator);
+            }
+        }
+        Request::DisallowInitiator { target, initiator } => {
+            let t = find_target(&mut cfg, &target)?;
+            t.allowed_initiators.retain(|i| *i != initiator);
+        }
+    }
+    let sum = server.apply(cfg).await?;
+    Ok(serde_json::to_value(sum)?)
+}
+
+fn find_target<'a>(cfg: &'a mut Config, name: &str) -> Result<&'a mut crate::config::TargetConfig> {
+    cfg.targets
+        .iter_mut()
+        .find(|t| t.name == name)
+        .ok_or_else(|| anyhow!("no target {name:?}"))
+}
+
+async fn status(server: &Server) -> Result<Value> {
+    let mut vols = Vec::new();
+    for (name, e) in server.volumes().await {
+        let v = &e.volume;
+        vols.push(json!({
+            "name": name,
+            "block_size": v.block_size(),
+            "blocks": v.num_blocks(),
+            "bytes": v.num_blocks() * v.block_size() as u64,
+            "backends": v.backends().iter().map(|b| b.describe()).collect::<Vec<_>>(),
+            "fast_path_ios": v.counters.fast_path_hits(),
+            "faults": vtgt_engine::FaultReason::ALL.iter()
+                .map(|r| (r.as_str().to_string(), json!(v.counters.count(*r))))
+                .collect::<serde_json::Map<_, _>>(),
+        }));
+    }
+    let targets: Vec<Value> = server
+        .iscsi
+        .targets
+        .load()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "alias": t.alias(),
+                "luns": t.luns().iter().map(|(id, lu)| json!({"lun": id, "volume": lu.volume().name()})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "iscsi_portals": server.iscsi_addrs,
+        "targets": targets,
+        "volumes": vols,
+        "sessions": server.iscsi.sessions.len(),
+    }))
+}
+
+fn sessions(server: &Server) -> Value {
+    let list: Vec<Value> = server
+        .iscsi
+        .sessions
+        .all()
+        .iter()
+        .map(|s| {
+            json!({
+                "tsih": s.tsih,
+                "initiator": s.initiator,
+                "isid": s.isid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "target": s.target,
+                "discovery": s.discovery,
+                "tasks": s.tasks.lock().len(),
+            })
+        })
+        .collect();
+    json!(list)
+}
+
+/// Writes the config atomically: temp file, fsync, rename, fsync the dir.
+pub fn save_config(cfg: &Config, path: &Path) -> Result<()> {
+    let text = toml::to_string_pretty(cfg)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("vtgt.toml")
+    ));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Client side: sends one request and returns the result or the error.
+pub async fn call(socket: &Path, req: &Request) -> Result<Value> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach vtgt at {}", socket.display()))?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    wr.write_all(&line).await?;
+    let mut lines = BufReader::new(rd).lines();
+    let reply = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow!("vtgt closed the admin connection"))?;
+    let v: Value = serde_json::from_str(&reply)?;
+    if v["ok"] == json!(true) {
+        Ok(v["result"].clone())
+    } else {
+        Err(anyhow!(
+            "{}",
+            v["error"].as_str().unwrap_or("unknown error")
+        ))
+    }
+}
