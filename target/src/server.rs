@@ -292,7 +292,8 @@ impl Server {
                             .iter()
                             .map(|s| s.nexus)
                             .collect();
-                        for lu in luns.values() {
+                        // A LUN that is itself new needs no notice.
+                        for (_, lu) in luns.iter().filter(|(k, _)| old.contains_key(k)) {
                             for n in &nexuses {
                                 lu.control().raise(*n, Notice::ReportedLunsChanged).await;
                             }
