@@ -1,0 +1,181 @@
+//! The `vtgt` binary as scripts use it: start-up errors, the embedded
+//! default, durability of FUA writes across `kill -9`, and clean SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use vtgt_initiator::{DataDir, LoginConfig, Session};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vtgt");
+const TARGET: &str = "iqn.2026-11.org.vtgt:default";
+
+fn run_to_end(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run vtgt");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `vtgt serve ARGS` and returns it with its bound iSCSI portal.
+fn start(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vtgt");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("iSCSI portal up listen=") {
+                let addr = line[i + 23..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("vtgt did not report its portal");
+    (child, addr.parse().expect("portal address"))
+}
+
+fn cdb10(op: u8, flags: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[1] = flags;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn bad_config_names_file_line_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "data_dir = \"x\"\n[iscsi]\nportals = 7\n").unwrap();
+    let (code, err) = run_to_end(&["serve", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:3:"), "{err}");
+    let (code, err) = run_to_end(&["check-config", p.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml:3:"), "{err}");
+    let (code, err) = run_to_end(&["serve", "--config", "/nonexistent/vtgt.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/vtgt.toml"), "{err}");
+}
+
+#[test]
+fn port_in_use_and_unreadable_backend_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = run_to_end(&[
+        "serve",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--iscsi-listen",
+        &addr,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&addr),
+        "{err}"
+    );
+
+    let p = dir.path().join("blk.toml");
+    std::fs::write(
+        &p,
+        "[[volume]]\nname = \"b\"\nbackend = \"block\"\npath = \"/nonexistent/dev\"\n",
+    )
+    .unwrap();
+    let (code, err) = run_to_end(&["serve", "--config", p.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/dev"), "{err}");
+}
+
+#[test]
+fn fua_writes_survive_kill_9_and_sigterm_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let args = ["--data-dir", &data, "--iscsi-listen", "127.0.0.1:0"];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let (mut child, addr) = start(&args);
+    let written = rt.block_on(async {
+        let s = Session::login(addr, LoginConfig::new("iqn.2026-11.test:cli", Some(TARGET)))
+            .await
+            .unwrap();
+        let mut written = Vec::new();
+        for i in 0..16u32 {
+            let buf = pattern(i as u8, 8 * 512);
+            // FUA (0x08): durable before status.
+            let r = s
+                .command(
+                    0,
+                    &cdb10(0x2a, 0x08, i * 1000, 8),
+                    DataDir::Write,
+                    buf.len() as u32,
+                    Bytes::from(buf.clone()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 0);
+            written.push((i * 1000, buf));
+        }
+        written
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (mut child, addr) = start(&args);
+    rt.block_on(async {
+        let s = Session::login(addr, LoginConfig::new("iqn.2026-11.test:cli", Some(TARGET)))
+            .await
+            .unwrap();
+        for (lba, buf) in &written {
+            let r = s
+                .command(
+                    0,
+                    &cdb10(0x28, 0, *lba, 8),
+                    DataDir::Read,
+                    4096,
+                    Bytes::new(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 0);
+            assert_eq!(&r.data[..], &buf[..], "LBA {lba} lost after kill -9");
+        }
+    });
+    // SIGTERM: exits 0 promptly.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no clean exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
