@@ -31,7 +31,7 @@ vtgt_bin() {
 start_vtgt() {
     local cfg=$1 log=$2 bin
     bin=$(vtgt_bin)
-    "$bin" serve --config "$cfg" >"$log" 2>&1 &
+    "$bin" serve --config "$cfg" --metrics-listen "${VTGT_METRICS_LISTEN:-127.0.0.1:0}" >"$log" 2>&1 &
     VTGT_PID=$!
     for _ in $(seq 1 100); do
         PORTALS=$(sed -n 's/.*iSCSI portal up listen=\([0-9.:]*\).*/\1/p' "$log")

@@ -104,6 +104,17 @@ impl LuControl {
         n
     }
 
+    /// How many notices are pending, over all nexuses.
+    pub async fn pending_notices(&self) -> usize {
+        self.state
+            .lock()
+            .await
+            .notices
+            .values()
+            .map(|q| q.len())
+            .sum()
+    }
+
     /// Drops every pending notice of `nexus`.
     pub async fn clear(&self, nexus: NexusId) {
         let mut st = self.state.lock().await;

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod iscsi;
+pub mod metrics;
 pub mod scsi;
 pub mod server;
 pub mod target;

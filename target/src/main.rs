@@ -39,9 +39,9 @@ enum Cmd {
         /// NVMe/TCP listen address (accepted; NVMe/TCP is not served yet).
         #[arg(long)]
         nvme_listen: Option<SocketAddr>,
-        /// Prometheus metrics address (accepted; metrics are not served yet).
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        /// Prometheus metrics address (/metrics).
+        #[arg(long, default_value = vtgt::metrics::DEFAULT_LISTEN)]
+        metrics_listen: SocketAddr,
         /// Admin socket (default: DATA_DIR/vtgt.sock).
         #[arg(long)]
         admin_socket: Option<PathBuf>,
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             data_dir,
             iscsi_listen,
             nvme_listen: _,
-            metrics_listen: _,
+            metrics_listen,
             admin_socket,
         } => {
             let mut cfg = match &config {
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(cfg, config, admin_socket)) {
+            match rt.block_on(serve(cfg, config, admin_socket, metrics_listen)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vtgt: {e:#}");
@@ -168,9 +168,13 @@ async fn serve(
     cfg: Config,
     config_path: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
+    metrics_listen: SocketAddr,
 ) -> anyhow::Result<()> {
     let socket = admin_socket.unwrap_or_else(|| vtgt::admin::default_socket(&cfg.data_dir));
+    vtgt::metrics::install(metrics_listen)?;
+    info!(listen = %metrics_listen, "metrics up");
     let server = Arc::new(Server::start(cfg).await?);
+    vtgt::metrics::spawn_exporter(server.clone());
     let ctx = Arc::new(AdminContext {
         server: server.clone(),
         config_path: config_path.clone(),

@@ -25,6 +25,7 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -91,6 +92,8 @@ fn port_in_use_and_unreadable_backend_are_clear_errors() {
         dir.path().to_str().unwrap(),
         "--iscsi-listen",
         &addr,
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     assert_ne!(code, 0);
     assert!(
@@ -104,7 +107,13 @@ fn port_in_use_and_unreadable_backend_are_clear_errors() {
         "[[volume]]\nname = \"b\"\nbackend = \"block\"\npath = \"/nonexistent/dev\"\n",
     )
     .unwrap();
-    let (code, err) = run_to_end(&["serve", "--config", p.to_str().unwrap()]);
+    let (code, err) = run_to_end(&[
+        "serve",
+        "--config",
+        p.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/dev"), "{err}");
 }

@@ -209,9 +209,11 @@ impl Conn {
     async fn frame_error(&mut self, e: FrameError) {
         match e {
             FrameError::HeaderDigest => {
+                crate::metrics::digest_error("iscsi", "header");
                 debug!("header digest error; dropping connection");
             }
             FrameError::DataDigest(bhs) => {
+                crate::metrics::digest_error("iscsi", "data");
                 // At ERL 0 we cannot ask for the data again: reject and drop.
                 self.reject(&bhs, reject::DATA_DIGEST_ERROR).await;
             }
@@ -672,7 +674,19 @@ impl Conn {
                 port,
             };
             let res = match lu {
-                Some(lu) => scsi::execute(&lu, cmd).await,
+                Some(lu) => {
+                    let start = std::time::Instant::now();
+                    let op = crate::metrics::OpClass::of_cdb(&cdb);
+                    let res = scsi::execute(&lu, cmd).await;
+                    let bytes = match op {
+                        crate::metrics::OpClass::Read => res.data_in.len() as u64,
+                        crate::metrics::OpClass::Write => res.data_out_len.unwrap_or(0) as u64,
+                        _ => 0,
+                    };
+                    lu.metrics
+                        .record(op, bytes, start.elapsed(), res.status == scsi::status::GOOD);
+                    res
+                }
                 None => scsi::execute_no_lu(&cmd),
             };
             // Once removed, a task can no longer be aborted: answer it.

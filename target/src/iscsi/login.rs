@@ -176,6 +176,13 @@ pub async fn run(
         let resp = tl.step(&req, &policy);
         if resp.failed || resp.status_class != 0 {
             info!(%peer, class = resp.status_class, detail = resp.status_detail, "login refused");
+            let target = tl.params().target_name.clone().unwrap_or_default();
+            let known = shared.target(&target).map(|t| t.name.clone());
+            crate::metrics::login(
+                "iscsi",
+                known.as_deref().unwrap_or("unknown"),
+                login_result(resp.status_class, resp.status_detail),
+            );
             send_response(wr, &h, &resp, 0, statsn).await;
             return None;
         }
@@ -188,6 +195,7 @@ pub async fn run(
         }
         let params = tl.params().clone();
         let (session, target) = establish(shared, portal, &h, &params).await;
+        crate::metrics::login("iscsi", &session.target, "success");
         if !send_response(wr, &h, &resp, session.tsih, statsn).await {
             shared.sessions.remove(&session);
             return None;
@@ -270,4 +278,16 @@ async fn establish(
         }
     }
     (session, target)
+}
+
+/// A bounded label for a login outcome (RFC 7143 §11.13.5).
+fn login_result(class: u8, detail: u8) -> &'static str {
+    match (class, detail) {
+        (2, 1) => "authentication_failed",
+        (2, 2) => "not_authorized",
+        (2, 3) | (2, 4) => "not_found",
+        (2, _) => "initiator_error",
+        (3, _) => "target_error",
+        _ => "other",
+    }
 }

@@ -45,12 +45,16 @@ pub struct LogicalUnit {
     /// Nexuses already registered with the control state, so raise_all
     /// reaches them; checked on every command without awaiting.
     nexuses: RwLock<HashSet<NexusId>>,
+    /// Per-volume metric handles, resolved once.
+    pub metrics: Arc<crate::metrics::VolumeMetrics>,
 }
 
 impl LogicalUnit {
     pub fn new(lun: u64, control: Arc<LuControl>, identity: LuIdentity) -> Arc<Self> {
         let mode = ModeParams::default();
+        let metrics = crate::metrics::VolumeMetrics::new(control.exposure().volume().name());
         Arc::new(Self {
+            metrics,
             lun,
             control,
             identity,

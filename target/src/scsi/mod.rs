@@ -130,9 +130,25 @@ impl ScsiResult {
 /// path, which re-checks everything.
 pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
     lu.register_nexus(cmd.nexus, None).await;
-    if let Some(rw) = fast_rw(cmd.cdb) {
-        if let Some(r) = fast_path(lu, &cmd, rw).await {
-            return r;
+    match fast_rw(cmd.cdb) {
+        Some(rw) => {
+            if let Some(r) = fast_path(lu, &cmd, rw).await {
+                return r;
+            }
+        }
+        None => {
+            // Every other command, and reads or writes with fields the fast
+            // path does not serve, belong to the control path.
+            let rw_opcode = matches!(
+                cmd.cdb.first(),
+                Some(0x08 | 0x0a | 0x28 | 0x2a | 0xa8 | 0xaa | 0x88 | 0x8a)
+            );
+            let reason = if rw_opcode {
+                FaultReason::Flags
+            } else {
+                FaultReason::Command
+            };
+            lu.control().exposure().volume().counters.fault(reason);
         }
     }
     control_path(lu, &cmd).await
@@ -149,6 +165,7 @@ async fn fast_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, rw: cdb::RwCdb) -> O
     if rw.write && (cmd.data_out.len() < bytes || lu.write_protected()) {
         // A short data-out needs the control path's residual handling; a
         // write-protected medium its DATA PROTECT error.
+        vol.counters.fault(FaultReason::Flags);
         return None;
     }
     let kind = if rw.write {
