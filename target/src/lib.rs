@@ -3,6 +3,7 @@
 //! integration tests can start a target in-process.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod iscsi;
 pub mod metrics;

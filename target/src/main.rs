@@ -56,6 +56,56 @@ enum Cmd {
     },
     /// Check a configuration file and exit.
     CheckConfig { config: PathBuf },
+    /// Benchmark a target through vtgt's own initiator.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Target portal, ADDR:PORT.
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    portal: SocketAddr,
+    /// Target name.
+    #[arg(long, default_value = vtgt::config::DEFAULT_TARGET)]
+    target: String,
+    #[arg(long, default_value_t = 0)]
+    lun: u64,
+    /// Protocol (iscsi; nvme once NVMe/TCP lands).
+    #[arg(long, default_value = "iscsi", value_parser = ["iscsi"])]
+    protocol: String,
+    /// Access pattern.
+    #[arg(long, default_value = "randread", value_parser = ["read", "write", "randread", "randwrite", "rw", "randrw"])]
+    rw: String,
+    /// Read percentage for rw/randrw.
+    #[arg(long, default_value_t = 70)]
+    mix: u32,
+    /// Block size per I/O (e.g. 4k, 128k).
+    #[arg(long, default_value = "4k")]
+    bs: String,
+    /// Outstanding I/Os per connection.
+    #[arg(long, default_value_t = 32)]
+    qd: u32,
+    /// Connections (sessions).
+    #[arg(long, default_value_t = 1)]
+    connections: u32,
+    /// Run time (e.g. 10s); default 10s unless --ios is given.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Stop after this many I/Os.
+    #[arg(long)]
+    ios: Option<u64>,
+    /// Limit the LBA range to this many bytes from LBA 0 (e.g. 1GiB).
+    #[arg(long)]
+    range: Option<String>,
+    /// Write self-checking data and check it on every read.
+    #[arg(long)]
+    verify: bool,
+    /// Header and data digests (CRC32C).
+    #[arg(long)]
+    digests: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +168,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Admin { socket, op } => admin(socket, op),
+        Cmd::Bench(args) => bench(args),
         Cmd::Serve {
             config,
             data_dir,
@@ -264,6 +315,80 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
         }
         Err(e) => {
             eprintln!("vtgt admin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(a: BenchArgs) -> ExitCode {
+    let parsed = (|| -> anyhow::Result<vtgt::bench::BenchConfig> {
+        let read_pct = match a.rw.as_str() {
+            "read" | "randread" => 100,
+            "write" | "randwrite" => 0,
+            _ => a.mix.min(100),
+        };
+        let bs = vtgt::bench::parse_block_size(&a.bs)?;
+        let duration = match (&a.duration, a.ios) {
+            (Some(d), _) => Some(vtgt::bench::parse_duration(d)?),
+            (None, Some(_)) => None,
+            (None, None) => Some(std::time::Duration::from_secs(10)),
+        };
+        let range_blocks = a
+            .range
+            .as_deref()
+            .map(vtgt::config::parse_size)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?
+            .map(|b| b / 512);
+        Ok(vtgt::bench::BenchConfig {
+            portal: a.portal,
+            target: a.target.clone(),
+            lun: a.lun,
+            random: a.rw.starts_with("rand"),
+            read_pct,
+            block_size: bs,
+            queue_depth: a.qd,
+            connections: a.connections,
+            duration,
+            ios: a.ios,
+            range_blocks,
+            verify: a.verify,
+            digests: a.digests,
+            progress: !a.json,
+        })
+    })();
+    let cfg = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vtgt bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vtgt bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(vtgt::bench::run(cfg)) {
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!("{}", r.human());
+            }
+            if r.errors > 0 || r.verify_failures > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("vtgt bench: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -188,3 +188,51 @@ fn fua_writes_survive_kill_9_and_sigterm_is_clean() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn bench_smoke_runs_and_verifies_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let (mut child, addr) = start(&["--data-dir", &data, "--iscsi-listen", "127.0.0.1:0"]);
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--portal",
+            &addr.to_string(),
+            "--rw",
+            "randrw",
+            "--mix",
+            "50",
+            "--bs",
+            "8k",
+            "--qd",
+            "4",
+            "--connections",
+            "2",
+            "--ios",
+            "3000",
+            "--range",
+            "16MiB",
+            "--verify",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["verify_failures"], 0);
+    assert!(v["ios"].as_u64().unwrap() >= 3000);
+    assert!(v["writes"].as_u64().unwrap() > 0 && v["reads"].as_u64().unwrap() > 0);
+    // 8 KiB reads are 16 blocks each, all checked.
+    assert_eq!(
+        v["verified_blocks"].as_u64().unwrap(),
+        v["reads"].as_u64().unwrap() * 16
+    );
+}
