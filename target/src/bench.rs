@@ -167,7 +167,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     for s in &sessions[1..] {
         capacity(s, lun).await?;
     }
-    if cfg.block_size % lbs != 0 {
+    if !cfg.block_size.is_multiple_of(lbs) {
         bail!(
             "block size {} is not a multiple of the LUN's {lbs}",
             cfg.block_size
