@@ -8,7 +8,7 @@ cd "$root"
 . interop/lib.sh
 
 # Debian packages the interop suites use.
-need_packages libiscsi-bin
+need_packages libiscsi-bin prometheus jq curl
 
 echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/vtgt-cargo-test.log | grep -E '^(test result|running|error|failures|---- )|panicked' || true
@@ -22,3 +22,6 @@ echo "cargo: $summary"
 
 echo "== interop: libiscsi"
 bash interop/libiscsi.sh
+
+echo "== interop: prometheus"
+bash interop/prometheus.sh

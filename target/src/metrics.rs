@@ -91,6 +91,38 @@ fn describe() {
         "Unit attentions waiting to be delivered, per volume."
     );
     describe_gauge!("vtgt_build_info", "Build information; the value is 1.");
+    describe_gauge!(
+        "vtgt_volume_leg_up",
+        "1 if a volume's leg (backend or mirror leg) is live, else 0."
+    );
+    describe_gauge!(
+        "vtgt_volume_generation",
+        "The volume's generation number (bumped when a mirror leg fails)."
+    );
+    describe_gauge!(
+        "vtgt_resync_total_bytes",
+        Unit::Bytes,
+        "Bytes the running resync must copy (0 when none runs)."
+    );
+    describe_gauge!(
+        "vtgt_resync_done_bytes",
+        Unit::Bytes,
+        "Bytes the running resync has copied."
+    );
+    describe_gauge!(
+        "vtgt_migration_total_bytes",
+        Unit::Bytes,
+        "Bytes the running migration must copy."
+    );
+    describe_gauge!(
+        "vtgt_migration_done_bytes",
+        Unit::Bytes,
+        "Bytes the running migration has copied."
+    );
+    describe_gauge!(
+        "vtgt_journal_fill_ratio",
+        "Fraction of the volume's journal in use."
+    );
 }
 
 /// Operation classes for per-volume metrics.
@@ -213,6 +245,17 @@ async fn export(server: &Server) {
             .set((v.num_blocks() * v.block_size() as u64) as f64);
         gauge!("vtgt_pending_unit_attentions", "volume" => name.clone())
             .set(e.control.pending_notices().await as f64);
+        // Engine state. A plain volume has one live leg per backend, no
+        // resync, migration or journal; composed volumes report theirs.
+        for (i, _) in v.backends().iter().enumerate() {
+            gauge!("vtgt_volume_leg_up", "volume" => name.clone(), "leg" => i.to_string()).set(1.0);
+        }
+        gauge!("vtgt_volume_generation", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_resync_total_bytes", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_resync_done_bytes", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(0.0);
     }
     let sessions = server.iscsi.sessions.all();
     for t in server.iscsi.targets.load().iter() {
