@@ -57,6 +57,15 @@ pub enum Request {
         target: String,
         initiator: String,
     },
+    /// Sets (or with no user, removes) CHAP credentials: for one initiator
+    /// when `initiator` is given, else for the whole target.
+    SetChap {
+        target: String,
+        #[serde(default)]
+        initiator: Option<String>,
+        #[serde(default)]
+        chap: Option<crate::config::ChapConfig>,
+    },
 }
 
 /// Where the config came from, for `reload` and `save`.
@@ -220,6 +229,23 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
             let t = find_target(&mut cfg, &target)?;
             t.allowed_initiators.retain(|i| *i != initiator);
         }
+        Request::SetChap {
+            target,
+            initiator,
+            chap,
+        } => {
+            let t = find_target(&mut cfg, &target)?;
+            match initiator {
+                None => t.chap = chap,
+                Some(i) => {
+                    t.initiator_chap.retain(|c| c.initiator != i);
+                    if let Some(chap) = chap {
+                        t.initiator_chap
+                            .push(crate::config::InitiatorChapConfig { initiator: i, chap });
+                    }
+                }
+            }
+        }
     }
     let sum = server.apply(cfg).await?;
     Ok(serde_json::to_value(sum)?)
@@ -283,6 +309,18 @@ fn sessions(server: &Server) -> Value {
                 "target": s.target,
                 "discovery": s.discovery,
                 "tasks": s.tasks.lock().len(),
+                "negotiated": {
+                    "header_digest": s.params.header_digest,
+                    "data_digest": s.params.data_digest,
+                    "max_recv_data_segment_length": s.params.target_max_recv_data_segment_length,
+                    "max_xmit_data_segment_length": s.params.initiator_max_recv_data_segment_length,
+                    "max_burst_length": s.params.max_burst_length,
+                    "first_burst_length": s.params.first_burst_length,
+                    "immediate_data": s.params.immediate_data,
+                    "initial_r2t": s.params.initial_r2t,
+                    "max_outstanding_r2t": s.params.max_outstanding_r2t,
+                    "error_recovery_level": s.params.error_recovery_level,
+                },
             })
         })
         .collect();

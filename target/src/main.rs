@@ -144,6 +144,21 @@ enum AdminOp {
     AllowInitiator { target: String, initiator: String },
     /// Remove an initiator from a target's allow list.
     DisallowInitiator { target: String, initiator: String },
+    /// Set CHAP credentials (target-wide, or for one --initiator); without
+    /// --user they are removed.
+    SetChap {
+        target: String,
+        #[arg(long)]
+        initiator: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        secret: Option<String>,
+        #[arg(long)]
+        mutual_user: Option<String>,
+        #[arg(long)]
+        mutual_secret: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -294,6 +309,23 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
         AdminOp::DisallowInitiator { target, initiator } => {
             Request::DisallowInitiator { target, initiator }
         }
+        AdminOp::SetChap {
+            target,
+            initiator,
+            user,
+            secret,
+            mutual_user,
+            mutual_secret,
+        } => Request::SetChap {
+            target,
+            initiator,
+            chap: user.map(|user| vtgt::config::ChapConfig {
+                user,
+                secret: secret.unwrap_or_default(),
+                mutual_user,
+                mutual_secret,
+            }),
+        },
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

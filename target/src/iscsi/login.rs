@@ -265,6 +265,7 @@ async fn establish(
         target: tname,
         nexus,
         discovery,
+        params: params.clone(),
         kill: shared.shutdown.child_token(),
         done: Default::default(),
         tasks: Mutex::new(Default::default()),

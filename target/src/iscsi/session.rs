@@ -30,6 +30,8 @@ pub struct Session {
     pub target: String,
     pub nexus: NexusId,
     pub discovery: bool,
+    /// What login negotiated, for status reports.
+    pub params: vtgt_protocol::iscsi::nego::SessionParams,
     /// Cancelled to end the session (reinstatement, reset, shutdown).
     pub kill: CancellationToken,
     /// Cancelled by the session's connection when it has cleaned up.
