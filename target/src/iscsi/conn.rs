@@ -650,6 +650,11 @@ impl Conn {
 
     /// Starts a command as its own task; its response goes to the writer.
     fn execute(&mut self, h: pdu::ScsiCommand, data: Bytes) {
+        // A task aborted while it waited for data or its CmdSN turn (by this
+        // or another session's task management) must never run.
+        if !self.session.tasks.lock().contains_key(&h.itt) {
+            return;
+        }
         let out = self.out.clone();
         let session = self.session.clone();
         let target = self.target.clone();
@@ -660,6 +665,9 @@ impl Conn {
             group: self.portal.tpgt,
         };
         let handle = tokio::spawn(async move {
+            if !session.tasks.lock().contains_key(&itt) {
+                return;
+            }
             let luns = target.as_ref().map(|t| t.lun_ids()).unwrap_or_default();
             let lu = decode_lun(h.lun).and_then(|l| target.as_ref().and_then(|t| t.lun(l)));
             let cdb = h.cdb;
