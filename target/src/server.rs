@@ -87,7 +87,17 @@ impl Server {
         for v in &cfg.volumes {
             let backend = open_backend(&cfg, v)?;
             let volume = Volume::simple(&v.name, backend, v.block_size);
-            let control = LuControl::new(Exposure::new(volume.clone()));
+            let exposure = Exposure::new(volume.clone());
+            let control = match v.backend {
+                // Memory volumes forget everything on restart, reservations too.
+                BackendKind::Memory => LuControl::new(exposure),
+                _ => {
+                    let path = reservation_path(&cfg, &v.name);
+                    LuControl::with_reservation_file(exposure, &path)
+                        .await
+                        .with_context(|| format!("volume {:?}: cannot load reservations", v.name))?
+                }
+            };
             volumes.insert(v.name.clone(), VolumeEntry { volume, control });
         }
         let mut targets = Vec::new();
@@ -161,6 +171,22 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Where a volume's persistent reservations (APTPL) are kept: beside the
+/// volumes in the data directory, named after the volume.
+pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
+    let name: String = volume
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    cfg.data_dir.join(format!("{name}.pr"))
 }
 
 pub fn make_lu(lun: u64, e: &VolumeEntry, target: &str) -> Arc<LogicalUnit> {
