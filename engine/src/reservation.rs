@@ -885,3 +885,552 @@ fn unescape(s: &str) -> Option<String> {
     }
     String::from_utf8(out).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NexusId = 1;
+    const B: NexusId = 2;
+    const C: NexusId = 3;
+
+    fn state() -> Reservations {
+        let mut r = Reservations::default();
+        r.identify(A, ItNexus::new("iqn.a,i,0x000000000001", 1));
+        r.identify(B, ItNexus::new("iqn.b,i,0x000000000002", 1));
+        r.identify(C, ItNexus::new("iqn.c,i,0x000000000003", 2));
+        r
+    }
+
+    fn register(r: &mut Reservations, n: NexusId, key: u64) -> Result<PrEffects, PrError> {
+        r.apply(
+            n,
+            PrRequest::Register {
+                key: 0,
+                new_key: key,
+                ignore_existing: false,
+                all_ports: false,
+                aptpl: false,
+                also: vec![],
+            },
+        )
+    }
+
+    fn reserve(
+        r: &mut Reservations,
+        n: NexusId,
+        key: u64,
+        kind: PrType,
+    ) -> Result<PrEffects, PrError> {
+        r.apply(n, PrRequest::Reserve { key, kind })
+    }
+
+    const RO: Access = Access {
+        read: true,
+        write: false,
+    };
+
+    #[test]
+    fn access_per_type() {
+        // (type, registered non-holder, unregistered)
+        let cases = [
+            (PrType::WriteExclusive, RO, RO),
+            (PrType::ExclusiveAccess, Access::NONE, Access::NONE),
+            (PrType::WriteExclusiveRegistrantsOnly, Access::ALL, RO),
+            (
+                PrType::ExclusiveAccessRegistrantsOnly,
+                Access::ALL,
+                Access::NONE,
+            ),
+            (PrType::WriteExclusiveAllRegistrants, Access::ALL, RO),
+            (
+                PrType::ExclusiveAccessAllRegistrants,
+                Access::ALL,
+                Access::NONE,
+            ),
+        ];
+        for (kind, reg, unreg) in cases {
+            let mut r = state();
+            register(&mut r, A, 0xA).unwrap();
+            register(&mut r, B, 0xB).unwrap();
+            reserve(&mut r, A, 0xA, kind).unwrap();
+            assert_eq!(r.standing(A), Standing::Free, "{kind:?}");
+            assert_eq!(r.standing(B).media(), reg, "{kind:?} registered");
+            assert_eq!(r.standing(C).media(), unreg, "{kind:?} unregistered");
+            assert_eq!(r.default_media(), unreg);
+            let (key, k) = r.reservation().unwrap();
+            assert_eq!(k, kind);
+            assert_eq!(key, if kind.all_registrants() { 0 } else { 0xA });
+            // Another type from a non-holder conflicts; the same type from
+            // an all-registrants holder is a no-op.
+            let again = reserve(&mut r, B, 0xB, kind);
+            if kind.all_registrants() {
+                assert!(again.is_ok());
+            } else {
+                assert_eq!(again, Err(PrError::Conflict));
+            }
+        }
+    }
+
+    #[test]
+    fn register_rules_and_generation() {
+        let mut r = state();
+        // Unregistered with a non-zero key: conflict.
+        assert_eq!(
+            r.apply(
+                A,
+                PrRequest::Register {
+                    key: 5,
+                    new_key: 6,
+                    ignore_existing: false,
+                    all_ports: false,
+                    aptpl: false,
+                    also: vec![]
+                }
+            ),
+            Err(PrError::Conflict)
+        );
+        // Unregistering while unregistered does nothing.
+        let fx = register(&mut r, A, 0).unwrap();
+        assert!(!fx.changed);
+        assert_eq!(r.generation, 0);
+        register(&mut r, A, 0xA).unwrap();
+        assert_eq!(r.generation, 1);
+        assert_eq!(r.key_of(A), Some(0xA));
+        // Re-registering needs the current key...
+        assert_eq!(register(&mut r, A, 0xAA), Err(PrError::Conflict));
+        // ...unless existing keys are ignored.
+        r.apply(
+            A,
+            PrRequest::Register {
+                key: 0,
+                new_key: 0xAA,
+                ignore_existing: true,
+                all_ports: false,
+                aptpl: false,
+                also: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(r.keys(), vec![0xAA]);
+        assert_eq!(r.generation, 2);
+        // RESERVE and RELEASE leave the generation alone.
+        reserve(&mut r, A, 0xAA, PrType::WriteExclusive).unwrap();
+        assert_eq!(r.generation, 2);
+        // Changing the holder's key keeps the reservation, with the new key.
+        r.apply(
+            A,
+            PrRequest::Register {
+                key: 0xAA,
+                new_key: 0xAB,
+                ignore_existing: false,
+                all_ports: false,
+                aptpl: false,
+                also: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(r.reservation(), Some((0xAB, PrType::WriteExclusive)));
+        // A registration is per target port unless ALL_TG_PT.
+        let mut c2 = r.clone();
+        c2.identify(9, ItNexus::new("iqn.a,i,0x000000000001", 2));
+        assert_eq!(c2.key_of(9), None);
+    }
+
+    #[test]
+    fn unregistering_holder_releases_and_notifies() {
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        reserve(&mut r, A, 0xA, PrType::WriteExclusiveRegistrantsOnly).unwrap();
+        let fx = r
+            .apply(
+                A,
+                PrRequest::Register {
+                    key: 0xA,
+                    new_key: 0,
+                    ignore_existing: false,
+                    all_ports: false,
+                    aptpl: false,
+                    also: vec![],
+                },
+            )
+            .unwrap();
+        assert_eq!(r.reservation(), None);
+        assert_eq!(fx.notices, vec![(B, Notice::ReservationsReleased)]);
+        // All registrants: the reservation outlives its creator's
+        // registration, and ends with the last registrant.
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        reserve(&mut r, A, 0xA, PrType::ExclusiveAccessAllRegistrants).unwrap();
+        r.apply(
+            A,
+            PrRequest::Register {
+                key: 0xA,
+                new_key: 0,
+                ignore_existing: false,
+                all_ports: false,
+                aptpl: false,
+                also: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r.reservation(),
+            Some((0, PrType::ExclusiveAccessAllRegistrants))
+        );
+        assert_eq!(r.standing(B), Standing::Free);
+        r.apply(
+            B,
+            PrRequest::Register {
+                key: 0xB,
+                new_key: 0,
+                ignore_existing: false,
+                all_ports: false,
+                aptpl: false,
+                also: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(r.reservation(), None);
+    }
+
+    #[test]
+    fn release_rules() {
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        reserve(&mut r, A, 0xA, PrType::ExclusiveAccess).unwrap();
+        // Unregistered: conflict; registered non-holder: no-op.
+        assert_eq!(
+            r.apply(
+                C,
+                PrRequest::Release {
+                    key: 0,
+                    kind: PrType::ExclusiveAccess
+                }
+            ),
+            Err(PrError::Conflict)
+        );
+        let fx = r
+            .apply(
+                B,
+                PrRequest::Release {
+                    key: 0xB,
+                    kind: PrType::ExclusiveAccess,
+                },
+            )
+            .unwrap();
+        assert!(fx.notices.is_empty());
+        assert!(r.reservation().is_some());
+        // Holder with the wrong type, or the wrong key.
+        assert_eq!(
+            r.apply(
+                A,
+                PrRequest::Release {
+                    key: 0xA,
+                    kind: PrType::WriteExclusive
+                }
+            ),
+            Err(PrError::WrongReleaseType)
+        );
+        assert_eq!(
+            r.apply(
+                A,
+                PrRequest::Release {
+                    key: 0xB,
+                    kind: PrType::ExclusiveAccess
+                }
+            ),
+            Err(PrError::Conflict)
+        );
+        let fx = r
+            .apply(
+                A,
+                PrRequest::Release {
+                    key: 0xA,
+                    kind: PrType::ExclusiveAccess,
+                },
+            )
+            .unwrap();
+        // Plain exclusive access: nobody is told.
+        assert!(fx.notices.is_empty());
+        assert_eq!(r.reservation(), None);
+        assert_eq!(r.keys().len(), 2);
+        // Registrants-only release tells the other registrants.
+        reserve(&mut r, B, 0xB, PrType::WriteExclusiveRegistrantsOnly).unwrap();
+        let fx = r
+            .apply(
+                B,
+                PrRequest::Release {
+                    key: 0xB,
+                    kind: PrType::WriteExclusiveRegistrantsOnly,
+                },
+            )
+            .unwrap();
+        assert_eq!(fx.notices, vec![(A, Notice::ReservationsReleased)]);
+    }
+
+    #[test]
+    fn clear_removes_everything() {
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        reserve(&mut r, A, 0xA, PrType::WriteExclusive).unwrap();
+        let g = r.generation;
+        assert_eq!(
+            r.apply(C, PrRequest::Clear { key: 0 }),
+            Err(PrError::Conflict)
+        );
+        let fx = r.apply(B, PrRequest::Clear { key: 0xB }).unwrap();
+        assert_eq!(fx.notices, vec![(A, Notice::ReservationsPreempted)]);
+        assert!(r.keys().is_empty());
+        assert_eq!(r.reservation(), None);
+        assert_eq!(r.generation, g + 1);
+    }
+
+    #[test]
+    fn preempt_variants() {
+        // No reservation: removes the victim's registration.
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        let g = r.generation;
+        let fx = r
+            .apply(
+                B,
+                PrRequest::Preempt {
+                    key: 0xB,
+                    victim: 0xA,
+                    kind: PrType::ExclusiveAccess,
+                    abort: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(fx.notices, vec![(A, Notice::RegistrationsPreempted)]);
+        assert_eq!(r.keys(), vec![0xB]);
+        assert_eq!(r.generation, g + 1);
+        assert_eq!(r.reservation(), None);
+        // Unknown victim key: conflict. Zero key without reservation: invalid.
+        assert_eq!(
+            r.apply(
+                B,
+                PrRequest::Preempt {
+                    key: 0xB,
+                    victim: 0x77,
+                    kind: PrType::ExclusiveAccess,
+                    abort: false
+                }
+            ),
+            Err(PrError::Conflict)
+        );
+        assert_eq!(
+            r.apply(
+                B,
+                PrRequest::Preempt {
+                    key: 0xB,
+                    victim: 0,
+                    kind: PrType::ExclusiveAccess,
+                    abort: false
+                }
+            ),
+            Err(PrError::ZeroKey)
+        );
+
+        // Preempting the holder takes over the reservation, with the new type,
+        // and PREEMPT AND ABORT names the nexuses to abort.
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        register(&mut r, C, 0xC).unwrap();
+        reserve(&mut r, A, 0xA, PrType::WriteExclusive).unwrap();
+        let fx = r
+            .apply(
+                B,
+                PrRequest::Preempt {
+                    key: 0xB,
+                    victim: 0xA,
+                    kind: PrType::ExclusiveAccess,
+                    abort: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(r.reservation(), Some((0xB, PrType::ExclusiveAccess)));
+        assert_eq!(fx.aborted, vec![A]);
+        assert!(fx.notices.contains(&(A, Notice::RegistrationsPreempted)));
+        assert!(fx.notices.contains(&(C, Notice::ReservationsReleased)));
+        assert_eq!(r.standing(A).media(), Access::NONE);
+
+        // All registrants, key 0: everyone else goes.
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        register(&mut r, B, 0xB).unwrap();
+        register(&mut r, C, 0xC).unwrap();
+        reserve(&mut r, A, 0xA, PrType::WriteExclusiveAllRegistrants).unwrap();
+        r.apply(
+            C,
+            PrRequest::Preempt {
+                key: 0xC,
+                victim: 0,
+                kind: PrType::WriteExclusive,
+                abort: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.keys(), vec![0xC]);
+        assert_eq!(r.reservation(), Some((0xC, PrType::WriteExclusive)));
+    }
+
+    #[test]
+    fn register_and_move() {
+        let mut r = state();
+        register(&mut r, A, 0xA).unwrap();
+        // Not reserved: conflict.
+        let mv = |key, unregister| PrRequest::Move {
+            key,
+            new_key: 0xB0,
+            to: ItNexus::new("iqn.b,i,0x000000000002", 1),
+            unregister,
+            aptpl: false,
+        };
+        assert_eq!(r.apply(A, mv(0xA, false)), Err(PrError::Conflict));
+        reserve(&mut r, A, 0xA, PrType::ExclusiveAccess).unwrap();
+        r.apply(A, mv(0xA, true)).unwrap();
+        assert_eq!(r.reservation(), Some((0xB0, PrType::ExclusiveAccess)));
+        assert!(r.is_holder(B));
+        assert_eq!(r.key_of(A), None);
+        // Moving to oneself is refused.
+        assert_eq!(
+            r.apply(
+                B,
+                PrRequest::Move {
+                    key: 0xB0,
+                    new_key: 1,
+                    to: ItNexus::new("iqn.b,i,0x000000000002", 1),
+                    unregister: false,
+                    aptpl: false
+                }
+            ),
+            Err(PrError::MoveToSelf)
+        );
+    }
+
+    #[test]
+    fn spec_i_pt_and_device_names() {
+        let mut r = state();
+        r.apply(
+            A,
+            PrRequest::Register {
+                key: 0,
+                new_key: 0x5,
+                ignore_existing: false,
+                all_ports: true,
+                aptpl: false,
+                also: vec!["iqn.b".into()],
+            },
+        )
+        .unwrap();
+        // A device name covers every port of that initiator, on any port
+        // with ALL_TG_PT.
+        assert_eq!(r.key_of(B), Some(0x5));
+        r.identify(7, ItNexus::new("iqn.b,i,0x00000000ffff", 3));
+        assert_eq!(r.key_of(7), Some(0x5));
+        r.identify(8, ItNexus::new("iqn.bb,i,0x00000000ffff", 3));
+        assert_eq!(r.key_of(8), None);
+        // Naming a registered initiator again is refused, atomically.
+        assert_eq!(
+            r.apply(
+                C,
+                PrRequest::Register {
+                    key: 0,
+                    new_key: 0x6,
+                    ignore_existing: false,
+                    all_ports: false,
+                    aptpl: false,
+                    also: vec!["iqn.b,i,0x000000000002".into()],
+                },
+            ),
+            Err(PrError::AlreadyRegistered)
+        );
+        assert_eq!(r.key_of(C), None);
+    }
+
+    #[test]
+    fn legacy_reservations() {
+        let mut r = state();
+        assert_eq!(r.legacy_reserve(A), Ok(true));
+        assert_eq!(r.legacy_reserve(A), Ok(false));
+        assert_eq!(r.legacy_reserve(B), Err(PrError::Conflict));
+        assert_eq!(r.standing(B), Standing::LegacyOther);
+        assert_eq!(r.standing(B).media(), Access::NONE);
+        assert_eq!(r.legacy_release(B), Ok(false));
+        assert_eq!(r.legacy_holder(), Some(A));
+        assert!(r.clear_legacy_of(A));
+        assert_eq!(r.standing(B), Standing::Free);
+        // Registrations make RESERVE conflict; a PR holder's is a no-op.
+        register(&mut r, A, 0xA).unwrap();
+        assert_eq!(r.legacy_reserve(B), Err(PrError::Conflict));
+        reserve(&mut r, A, 0xA, PrType::WriteExclusive).unwrap();
+        assert_eq!(r.legacy_reserve(A), Ok(false));
+        assert_eq!(r.legacy_holder(), None);
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut r = state();
+        r.apply(
+            A,
+            PrRequest::Register {
+                key: 0,
+                new_key: 0xDEAD_BEEF,
+                ignore_existing: false,
+                all_ports: false,
+                aptpl: true,
+                also: vec![],
+            },
+        )
+        .unwrap();
+        register(&mut r, C, 0xC).unwrap();
+        r.identify(4, ItNexus::new("iqn.odd name%,i,0x000000000004", 1));
+        register(&mut r, 4, 0x4).unwrap();
+        reserve(&mut r, C, 0xC, PrType::ExclusiveAccessRegistrantsOnly).unwrap();
+        let text = r.encode();
+        let mut d = Reservations::decode(&text).unwrap();
+        assert_eq!(d.generation, r.generation);
+        assert_eq!(d.keys(), r.keys());
+        assert_eq!(d.reservation(), r.reservation());
+        assert_eq!(d.full_status(), r.full_status());
+        // The restored holder is recognised when its nexus comes back.
+        d.identify(30, ItNexus::new("iqn.c,i,0x000000000003", 2));
+        assert!(d.is_holder(30));
+        assert!(Reservations::decode("garbage").is_err());
+        assert!(Reservations::decode("vtgt-pr 1\nreg zz 1 - x\n").is_err());
+    }
+
+    #[test]
+    fn persist_is_atomic_and_respects_aptpl() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.pr");
+        let mut r = state();
+        r.apply(
+            A,
+            PrRequest::Register {
+                key: 0,
+                new_key: 9,
+                ignore_existing: false,
+                all_ports: false,
+                aptpl: true,
+                also: vec![],
+            },
+        )
+        .unwrap();
+        r.persist(&path).unwrap();
+        assert_eq!(Reservations::load(&path).unwrap().keys(), vec![9]);
+        assert!(!dir.path().join("v.pr.tmp").exists());
+        r.aptpl = false;
+        r.persist(&path).unwrap();
+        assert!(!path.exists());
+        assert!(Reservations::load(&path).unwrap().keys().is_empty());
+    }
+}
