@@ -25,6 +25,8 @@ pub mod spc;
 pub mod ua;
 
 #[cfg(test)]
+mod pr_tests;
+#[cfg(test)]
 mod tests;
 
 pub use lu::{LogicalUnit, LuIdentity};
