@@ -43,7 +43,9 @@ fn prout(sa: u8, kind: u8, key: u64, sark: u64) -> ([u8; 10], Bytes) {
 
 async fn out(s: &Session, sa: u8, kind: u8, key: u64, sark: u64) -> CommandResult {
     let (c, p) = prout(sa, kind, key, sark);
-    s.command(0, &c, DataDir::Write, 24, p).await.expect("PR OUT")
+    s.command(0, &c, DataDir::Write, 24, p)
+        .await
+        .expect("PR OUT")
 }
 
 async fn read(s: &Session) -> CommandResult {
@@ -64,12 +66,18 @@ async fn write(s: &Session) -> CommandResult {
 async fn write_exclusive_conflict_on_the_fast_path() {
     let server = Server::start(config()).await.expect("server");
     let addr = server.iscsi_addrs[0];
-    let a = Session::login(addr, LoginConfig::new("iqn.2026-11.test:host-a", Some(TARGET)))
-        .await
-        .expect("login A");
-    let b = Session::login(addr, LoginConfig::new("iqn.2026-11.test:host-b", Some(TARGET)))
-        .await
-        .expect("login B");
+    let a = Session::login(
+        addr,
+        LoginConfig::new("iqn.2026-11.test:host-a", Some(TARGET)),
+    )
+    .await
+    .expect("login A");
+    let b = Session::login(
+        addr,
+        LoginConfig::new("iqn.2026-11.test:host-b", Some(TARGET)),
+    )
+    .await
+    .expect("login B");
     let vol = server.volumes["prvol"].volume.clone();
 
     // Before any reservation B writes on the fast path.
@@ -133,12 +141,18 @@ async fn write_exclusive_conflict_on_the_fast_path() {
 async fn spc2_reservation_ends_with_the_nexus() {
     let server = Server::start(config()).await.expect("server");
     let addr = server.iscsi_addrs[0];
-    let a = Session::login(addr, LoginConfig::new("iqn.2026-11.test:host-a", Some(TARGET)))
-        .await
-        .expect("login A");
-    let b = Session::login(addr, LoginConfig::new("iqn.2026-11.test:host-b", Some(TARGET)))
-        .await
-        .expect("login B");
+    let a = Session::login(
+        addr,
+        LoginConfig::new("iqn.2026-11.test:host-a", Some(TARGET)),
+    )
+    .await
+    .expect("login A");
+    let b = Session::login(
+        addr,
+        LoginConfig::new("iqn.2026-11.test:host-b", Some(TARGET)),
+    )
+    .await
+    .expect("login B");
     let reserve6 = [0x16, 0, 0, 0, 0, 0];
     let r = a
         .command(0, &reserve6, DataDir::None, 0, Bytes::new())
