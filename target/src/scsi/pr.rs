@@ -156,7 +156,7 @@ pub async fn conflicts(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, info: &CommandIn
             match class(info) {
                 Class::Allowed | Class::Reservation => false,
                 Class::Read => !media.read,
-                Class::Inspect => !(registered || !kind.exclusive_access()),
+                Class::Inspect => !registered && kind.exclusive_access(),
                 Class::Write => !media.write,
             }
         }
@@ -272,7 +272,7 @@ fn parse_transport_id(p: &[u8], at: usize) -> Result<(String, usize), Sense> {
         return Err(Sense::invalid_param_field(at, Some(7)));
     }
     let len = be16(hdr, 2) as usize;
-    if len < 4 || len % 4 != 0 {
+    if len < 4 || !len.is_multiple_of(4) {
         return Err(bad(2));
     }
     let body = p.get(at + 4..at + 4 + len).ok_or_else(|| bad(2))?;
