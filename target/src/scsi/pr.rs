@@ -114,6 +114,10 @@ fn class(info: &CommandInfo) -> Class {
             _,
         ) => Class::Allowed,
         (op::SERVICE_ACTION_IN_16, Some(sa::READ_CAPACITY_16)) => Class::Allowed,
+        // MAINTENANCE IN / REPORT TARGET PORT GROUPS.
+        (op::MAINTENANCE_IN, Some(0x0A)) => Class::Allowed,
+        // SERVICE ACTION IN(16) / GET LBA STATUS reads mapping state.
+        (op::SERVICE_ACTION_IN_16, Some(0x12)) => Class::Read,
         (
             op::PERSISTENT_RESERVE_OUT
             | op::RESERVE_6
