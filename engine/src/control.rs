@@ -1,13 +1,17 @@
 //! The control path's per-LU state: pending notices (SCSI unit attentions,
-//! NVMe asynchronous events) per nexus. Only the control path changes it, and
-//! every change republishes the fast path's access state.
+//! NVMe asynchronous events) per nexus and reservations. Only the control
+//! path changes it, and every change republishes the fast path's access
+//! state.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
 use crate::fastpath::{Access, AccessState, Exposure};
+use crate::reservation::{ItNexus, PrEffects, PrError, PrRequest, Reservations, Standing};
+use crate::volume::blocking;
 use crate::NexusId;
 
 /// A condition a nexus must be told about before its next command succeeds.
@@ -28,6 +32,7 @@ pub enum Notice {
 struct CpState {
     known: HashSet<NexusId>,
     notices: HashMap<NexusId, VecDeque<Notice>>,
+    pr: Reservations,
 }
 
 /// Control-path state of one exposed LU.
@@ -35,6 +40,9 @@ struct CpState {
 pub struct LuControl {
     exposure: Arc<Exposure>,
     state: Mutex<CpState>,
+    /// Where persistent reservations are kept (APTPL); `None` keeps them in
+    /// memory only.
+    pr_path: Option<PathBuf>,
 }
 
 /// Upper bound on queued notices per nexus; older duplicates are merged.
@@ -45,7 +53,35 @@ impl LuControl {
         Arc::new(Self {
             exposure,
             state: Mutex::new(CpState::default()),
+            pr_path: None,
         })
+    }
+
+    /// Control state whose persistent reservations live in `path`: loaded
+    /// from it now (if it exists) and written to it whenever they change
+    /// while APTPL is set.
+    pub async fn with_reservation_file(
+        exposure: Arc<Exposure>,
+        path: &Path,
+    ) -> std::io::Result<Arc<Self>> {
+        let pr = Reservations::load(path)?;
+        // The fast path must see a restored reservation before any I/O.
+        let mut next = AccessState::open();
+        next.default = pr.default_media();
+        let st = CpState {
+            pr,
+            ..CpState::default()
+        };
+        let fp = exposure.clone();
+        let me = Arc::new(Self {
+            exposure,
+            state: Mutex::new(st),
+            pr_path: Some(path.to_path_buf()),
+        });
+        if next.default != Access::ALL {
+            fp.publish(next).await;
+        }
+        Ok(me)
     }
 
     pub fn exposure(&self) -> &Arc<Exposure> {
@@ -123,10 +159,107 @@ impl LuControl {
         }
     }
 
+    /// Records who `nexus` is (initiator port and target port), which
+    /// reservations are matched against.
+    pub async fn identify(&self, nexus: NexusId, who: ItNexus) {
+        let mut st = self.state.lock().await;
+        st.known.insert(nexus);
+        if st.pr.identify(nexus, who) {
+            self.republish(&st).await;
+        }
+    }
+
+    /// Reads the reservation state.
+    pub async fn reservations<R>(&self, f: impl FnOnce(&Reservations) -> R) -> R {
+        let st = self.state.lock().await;
+        f(&st.pr)
+    }
+
+    /// How `nexus` stands against the reservations.
+    pub async fn standing(&self, nexus: NexusId) -> Standing {
+        self.state.lock().await.pr.standing(nexus)
+    }
+
+    /// Applies a persistent reservation request. The new state is made
+    /// durable (when APTPL asks for it) before it takes effect; then the
+    /// notices are raised and the fast path's access is republished, waiting
+    /// for I/O a restriction affects. The caller aborts `aborted`'s tasks.
+    pub async fn reservation_out(
+        &self,
+        nexus: NexusId,
+        req: PrRequest,
+    ) -> Result<PrEffects, PrError> {
+        let mut st = self.state.lock().await;
+        let mut next = st.pr.clone();
+        let fx = next.apply(nexus, req)?;
+        if !fx.changed {
+            return Ok(fx);
+        }
+        if let Some(path) = &self.pr_path {
+            if next.aptpl || st.pr.aptpl {
+                let (snap, path) = (next.clone(), path.clone());
+                blocking(move || Ok(snap.persist(&path)?))
+                    .await
+                    .map_err(|e| {
+                        tracing::error!("cannot persist reservations: {e}");
+                        PrError::Storage
+                    })?;
+            }
+        }
+        st.pr = next;
+        for (n, notice) in &fx.notices {
+            push(&mut st, *n, *notice);
+        }
+        self.republish(&st).await;
+        Ok(fx)
+    }
+
+    /// SPC-2 RESERVE.
+    pub async fn legacy_reserve(&self, nexus: NexusId) -> Result<(), PrError> {
+        let mut st = self.state.lock().await;
+        if st.pr.legacy_reserve(nexus)? {
+            self.republish(&st).await;
+        }
+        Ok(())
+    }
+
+    /// SPC-2 RELEASE.
+    pub async fn legacy_release(&self, nexus: NexusId) -> Result<(), PrError> {
+        let mut st = self.state.lock().await;
+        if st.pr.legacy_release(nexus)? {
+            self.republish(&st).await;
+        }
+        Ok(())
+    }
+
+    /// An I_T nexus is gone: its SPC-2 reservation ends.
+    pub async fn nexus_lost(&self, nexus: NexusId) {
+        let mut st = self.state.lock().await;
+        if st.pr.clear_legacy_of(nexus) {
+            self.republish(&st).await;
+        }
+    }
+
+    /// LU reset: SPC-2 reservations end, persistent ones stay.
+    pub async fn reset_reservations(&self) {
+        let mut st = self.state.lock().await;
+        if st.pr.clear_legacy() {
+            self.republish(&st).await;
+        }
+    }
+
     async fn republish(&self, st: &CpState) {
         let mut next = AccessState::open();
-        for n in st.notices.keys() {
-            next.overrides.insert(*n, Access::NONE);
+        next.default = st.pr.default_media();
+        for n in st.known.iter().chain(st.notices.keys()) {
+            let a = if st.notices.contains_key(n) {
+                Access::NONE
+            } else {
+                st.pr.standing(*n).media()
+            };
+            if a != next.default {
+                next.overrides.insert(*n, a);
+            }
         }
         self.exposure.publish(next).await;
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extent;
 pub mod fastpath;
 pub mod fault;
+pub mod reservation;
 pub mod volume;
 
 pub use backend::{Backend, FileBackend, MemBackend};
@@ -19,6 +20,7 @@ pub use control::{LuControl, Notice};
 pub use error::EngineError;
 pub use fastpath::{Access, AccessState, Admission, Exposure, IoKind};
 pub use fault::{FaultCounters, FaultReason};
+pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
 pub use volume::Volume;
 
 /// Identity of an I_T nexus (or NVMe host/controller pair), assigned by the

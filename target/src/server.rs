@@ -106,7 +106,7 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Server> {
         let mut volumes = HashMap::new();
         for v in &cfg.volumes {
-            volumes.insert(v.name.clone(), open_volume(&cfg, v)?);
+            volumes.insert(v.name.clone(), open_volume(&cfg, v).await?);
         }
         let mut targets = Vec::new();
         for t in &cfg.targets {
@@ -203,7 +203,7 @@ impl Server {
         for v in &new.volumes {
             match st.cfg.volumes.iter().find(|o| o.name == v.name) {
                 None => {
-                    opened.insert(v.name.clone(), open_volume(&new, v)?);
+                    opened.insert(v.name.clone(), open_volume(&new, v).await?);
                 }
                 Some(old) => {
                     let same_backing = old.backend == v.backend
@@ -367,11 +367,37 @@ impl Server {
     }
 }
 
-fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<VolumeEntry> {
+async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<VolumeEntry> {
     let backend = open_backend(cfg, v)?;
     let volume = Volume::simple(&v.name, backend, v.block_size);
-    let control = LuControl::new(Exposure::new(volume.clone()));
+    let exposure = Exposure::new(volume.clone());
+    let control = match v.backend {
+        // Memory volumes forget everything on restart, reservations too.
+        BackendKind::Memory => LuControl::new(exposure),
+        _ => {
+            let path = reservation_path(cfg, &v.name);
+            LuControl::with_reservation_file(exposure, &path)
+                .await
+                .with_context(|| format!("volume {:?}: cannot load reservations", v.name))?
+        }
+    };
     Ok(VolumeEntry { volume, control })
+}
+
+/// Where a volume's persistent reservations (APTPL) are kept: beside the
+/// volumes in the data directory, named after the volume.
+pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
+    let name: String = volume
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    cfg.data_dir.join(format!("{name}.pr"))
 }
 
 pub fn make_lu(lun: u64, e: &VolumeEntry, target: &str) -> Arc<LogicalUnit> {

@@ -13,6 +13,8 @@ pub mod op {
     pub const WRITE_6: u8 = 0x0A;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const READ_CAPACITY_10: u8 = 0x25;
@@ -23,7 +25,11 @@ pub mod op {
     pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const MODE_SELECT_10: u8 = 0x55;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_16: u8 = 0x8A;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
@@ -117,6 +123,9 @@ fn byte(c: &[u8], at: usize) -> u8 {
 pub fn service_action(cdb: &[u8]) -> Option<u16> {
     match cdb.first()? {
         &op::SERVICE_ACTION_IN_16 | &op::MAINTENANCE_IN => Some((byte(cdb, 1) & 0x1F) as u16),
+        &op::PERSISTENT_RESERVE_IN | &op::PERSISTENT_RESERVE_OUT => {
+            Some((byte(cdb, 1) & 0x1F) as u16)
+        }
         _ => None,
     }
 }

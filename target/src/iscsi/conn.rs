@@ -105,6 +105,8 @@ pub struct Conn {
     next_ttt: u32,
     text_pending: HashMap<u32, Bytes>,
     closing: bool,
+    /// The initiator port name ("iqn...,i,0x<isid>") SCSI commands carry.
+    initiator_port: Arc<str>,
 }
 
 enum Flow {
@@ -128,7 +130,6 @@ impl Conn {
             shared,
             portal,
             local,
-            session,
             target,
             params,
             out,
@@ -139,6 +140,8 @@ impl Conn {
             next_ttt: 1,
             text_pending: HashMap::new(),
             closing: false,
+            initiator_port: initiator_port(&session.initiator, session.isid).into(),
+            session,
         }
     }
 
@@ -660,6 +663,8 @@ impl Conn {
         let target = self.target.clone();
         let max_xmit = self.params.max_xmit;
         let itt = h.itt;
+        let initiator = self.initiator_port.clone();
+        let shared = self.shared.clone();
         let port = scsi::TargetPort {
             relative_id: self.portal.relative_id,
             group: self.portal.tpgt,
@@ -680,6 +685,7 @@ impl Conn {
                 nexus: session.nexus,
                 luns: &luns,
                 port,
+                initiator: &initiator,
             };
             let res = match lu {
                 Some(lu) => {
@@ -697,6 +703,15 @@ impl Conn {
                 }
                 None => scsi::execute_no_lu(&cmd),
             };
+            // PREEMPT AND ABORT: the preempted nexuses' tasks for this LU end
+            // without a response (TAS = 0).
+            if !res.aborted_nexuses.is_empty() {
+                for s in shared.sessions.all() {
+                    if res.aborted_nexuses.contains(&s.nexus) {
+                        s.abort_tasks(|_, t| t.lun == h.lun);
+                    }
+                }
+            }
             // Once removed, a task can no longer be aborted: answer it.
             if session.tasks.lock().remove(&itt).is_none() {
                 return;
@@ -742,6 +757,16 @@ enum Admit {
     Now,
     Defer,
     Drop,
+}
+
+/// The iSCSI initiator port name (RFC 7143 §4.2.7.1 / SPC-4 TransportID
+/// format 01b): lower-case initiator name, ",i,0x" and the ISID in hex.
+fn initiator_port(name: &str, isid: [u8; 6]) -> String {
+    let mut s = format!("{},i,0x", name.to_ascii_lowercase());
+    for b in isid {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// Transport-level sense in fixed format (the LU's D_SENSE does not apply to

@@ -129,6 +129,14 @@ async fn connection(
     conn.run(&mut reader).await;
     // Outstanding tasks of a closed connection are aborted (ERL 0).
     session.abort_tasks(|_, _| true);
+    // The I_T nexus is gone with its only connection: its SPC-2
+    // reservations end. Done before `done`, so a reinstating login cannot
+    // have reserved yet.
+    if let Some(t) = conn.target.clone() {
+        for lu in t.luns().values() {
+            crate::scsi::pr::nexus_lost(lu, session.nexus).await;
+        }
+    }
     drop(conn);
     let _ = tokio::time::timeout(Duration::from_secs(5), wtask).await;
     shared.sessions.remove(&session);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use vtgt_engine::{LuControl, NexusId, Notice, Volume};
+use vtgt_engine::{ItNexus, LuControl, NexusId, Notice, Volume};
 
 use super::mode::ModeParams;
 
@@ -87,6 +87,17 @@ impl LogicalUnit {
             return;
         }
         self.control.register_nexus(nexus, initial).await;
+        self.nexuses.write().insert(nexus);
+    }
+
+    /// Registers a nexus seen issuing a command, with the identity
+    /// reservations match it by (`who` runs only the first time).
+    pub async fn attach(&self, nexus: NexusId, who: impl FnOnce() -> ItNexus) {
+        if self.nexuses.read().contains(&nexus) {
+            return;
+        }
+        self.control.register_nexus(nexus, None).await;
+        self.control.identify(nexus, who()).await;
         self.nexuses.write().insert(nexus);
     }
 

@@ -19,10 +19,13 @@ pub mod inquiry;
 pub mod lu;
 pub mod mode;
 pub mod opcodes;
+pub mod pr;
 pub mod sbc;
 pub mod spc;
 pub mod ua;
 
+#[cfg(test)]
+mod pr_tests;
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +60,9 @@ pub struct ScsiCommand<'a> {
     pub luns: &'a [u64],
     /// The target port the command arrived through.
     pub port: TargetPort,
+    /// The initiator port's transport identity (iSCSI "name,i,0x<isid>"),
+    /// which reservations are keyed by; empty when unknown.
+    pub initiator: &'a str,
 }
 
 /// A SCSI target port: its relative target port identifier and target port
@@ -88,6 +94,9 @@ pub struct ScsiResult {
     /// For commands with data-out: how many bytes the CDB asked for, so the
     /// transport can report overflow or underflow against `edtl`.
     pub data_out_len: Option<u32>,
+    /// Nexuses whose tasks on this LU the transport must abort (PERSISTENT
+    /// RESERVE OUT / PREEMPT AND ABORT).
+    pub aborted_nexuses: Vec<NexusId>,
 }
 
 /// Maximum transfer length in blocks (Block Limits VPD page), 4 MiB at 512
@@ -129,7 +138,7 @@ impl ScsiResult {
 /// fast path; a fault or backend error there sends them to the control
 /// path, which re-checks everything.
 pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
-    lu.register_nexus(cmd.nexus, None).await;
+    lu.attach(cmd.nexus, || pr::identity(&cmd)).await;
     match fast_rw(cmd.cdb) {
         Some(rw) => {
             if let Some(r) = fast_path(lu, &cmd, rw).await {
@@ -211,6 +220,7 @@ fn data_out_len(lu: &LogicalUnit, cdb: &[u8]) -> Option<u32> {
         &op::MODE_SELECT_6 | &op::MODE_SELECT_10 => cdb::decode_mode_select(cdb)
             .ok()
             .map(|m| m.param_len as u32),
+        &op::PERSISTENT_RESERVE_OUT if cdb.len() >= 10 => Some(pr::param_len(cdb)),
         _ => None,
     }
 }
@@ -259,6 +269,9 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
         return Err(s);
     }
     let info = admit_cdb(cdb)?;
+    if pr::conflicts(lu, cmd, info).await {
+        return Ok(pr::conflict());
+    }
     let vol = lu.volume();
     let data = |(d, alloc): (Vec<u8>, usize)| ScsiResult::data(d, alloc);
     Ok(match (info.opcode, info.sa) {
@@ -299,6 +312,10 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
             sbc::start_stop(vol, cdb).await?;
             ScsiResult::good()
         }
+        (op::PERSISTENT_RESERVE_IN, _) => data(pr::persistent_reserve_in(lu, cmd).await?),
+        (op::PERSISTENT_RESERVE_OUT, _) => pr::persistent_reserve_out(lu, cmd).await?,
+        (op::RESERVE_6 | op::RESERVE_10, _) => pr::reserve(lu, cmd).await?,
+        (op::RELEASE_6 | op::RELEASE_10, _) => pr::release(lu, cmd).await?,
         _ => {
             let rw = match decode_rw(cdb) {
                 Some(r) => r.map_err(field)?,
@@ -355,7 +372,9 @@ pub fn execute_no_lu(cmd: &ScsiCommand<'_>) -> ScsiResult {
 /// their defaults, as nothing is saved) and every nexus, the issuer's
 /// included, gets BUS DEVICE RESET FUNCTION OCCURRED: the issuer's other
 /// tasks were aborted too, and multipath hosts expect it on every path.
+/// SPC-2 reservations end; persistent ones stay.
 pub async fn lun_reset(lu: &LogicalUnit, _issuer: NexusId) {
     mode::reset(lu);
+    lu.control().reset_reservations().await;
     lu.control().raise_all(Notice::Reset, None).await;
 }

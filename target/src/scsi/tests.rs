@@ -36,6 +36,7 @@ fn cmd<'a>(cdb: &'a [u8], nexus: NexusId, data: Vec<u8>) -> ScsiCommand<'a> {
         nexus,
         luns: &[0, 1, 300],
         port: Default::default(),
+        initiator: "",
     }
 }
 
