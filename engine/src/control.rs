@@ -28,6 +28,9 @@ pub enum Notice {
 struct CpState {
     known: HashSet<NexusId>,
     notices: HashMap<NexusId, VecDeque<Notice>>,
+    /// Nexuses denied fast-path I/O whatever their notices (e.g. their
+    /// target port is in a standby state).
+    blocked: HashSet<NexusId>,
 }
 
 /// Control-path state of one exposed LU.
@@ -112,9 +115,23 @@ impl LuControl {
         }
     }
 
+    /// Denies (or restores) a nexus's fast-path access independently of
+    /// notices; its commands then all reach the control path.
+    pub async fn set_blocked(&self, nexus: NexusId, blocked: bool) {
+        let mut st = self.state.lock().await;
+        let changed = if blocked {
+            st.blocked.insert(nexus)
+        } else {
+            st.blocked.remove(&nexus)
+        };
+        if changed {
+            self.republish(&st).await;
+        }
+    }
+
     async fn republish(&self, st: &CpState) {
         let mut next = AccessState::open();
-        for n in st.notices.keys() {
+        for n in st.blocked.iter().chain(st.notices.keys()) {
             next.overrides.insert(*n, Access::NONE);
         }
         self.exposure.publish(next).await;
@@ -160,5 +177,13 @@ mod tests {
         // Re-registering a known nexus raises nothing new.
         cp.register_nexus(2, Some(Notice::PowerOn)).await;
         assert_eq!(cp.peek(2).await, None);
+        // Blocking is independent of notices.
+        cp.set_blocked(2, true).await;
+        assert_eq!(
+            fp.admit(2, IoKind::Read, 0, 1).err(),
+            Some(FaultReason::Permission)
+        );
+        cp.set_blocked(2, false).await;
+        assert!(fp.admit(2, IoKind::Read, 0, 1).is_ok());
     }
 }

@@ -117,6 +117,8 @@ fn byte(c: &[u8], at: usize) -> u8 {
 pub fn service_action(cdb: &[u8]) -> Option<u16> {
     match cdb.first()? {
         &op::SERVICE_ACTION_IN_16 | &op::MAINTENANCE_IN => Some((byte(cdb, 1) & 0x1F) as u16),
+        // EXTENDED COPY, RECEIVE COPY RESULTS, MAINTENANCE OUT.
+        0x83 | 0x84 | 0xA4 => Some((byte(cdb, 1) & 0x1F) as u16),
         _ => None,
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use vtgt_engine::{LuControl, NexusId, Notice, Volume};
 
+use super::alua::Alua;
 use super::mode::ModeParams;
+use super::xcopy::CopyManager;
 
 /// What a LU says about itself in INQUIRY and the VPD pages. Everything is
 /// configuration-derived so that designators survive restarts.
@@ -45,6 +47,10 @@ pub struct LogicalUnit {
     /// Nexuses already registered with the control state, so raise_all
     /// reaches them; checked on every command without awaiting.
     nexuses: RwLock<HashSet<NexusId>>,
+    /// Target port groups and their access states.
+    alua: Alua,
+    /// Results of this LU's EXTENDED COPY commands.
+    copies: CopyManager,
 }
 
 impl LogicalUnit {
@@ -59,6 +65,8 @@ impl LogicalUnit {
             swp: AtomicBool::new(mode.swp),
             mode: Mutex::new(mode),
             nexuses: RwLock::new(HashSet::new()),
+            alua: Alua::default(),
+            copies: CopyManager::default(),
         })
     }
 
@@ -72,6 +80,14 @@ impl LogicalUnit {
 
     pub fn identity(&self) -> &LuIdentity {
         &self.identity
+    }
+
+    pub fn alua(&self) -> &Alua {
+        &self.alua
+    }
+
+    pub(crate) fn copy_manager(&self) -> &CopyManager {
+        &self.copies
     }
 
     /// Registers a nexus with the LU's control state. `initial` is the unit

@@ -15,14 +15,20 @@ use vtgt_engine::{FaultReason, IoKind, NexusId, Notice};
 use vtgt_protocol::scsi::cdb::{self, decode_rw, fast_rw, op, FieldError, RwKind};
 use vtgt_protocol::scsi::sense::{Asc, Sense};
 
+pub mod alua;
+pub mod atomic;
 pub mod inquiry;
 pub mod lu;
 pub mod mode;
 pub mod opcodes;
+pub mod provisioning;
 pub mod sbc;
 pub mod spc;
 pub mod ua;
+pub mod xcopy;
 
+#[cfg(test)]
+mod sbc2_tests;
 #[cfg(test)]
 mod tests;
 
@@ -130,6 +136,7 @@ impl ScsiResult {
 /// path, which re-checks everything.
 pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
     lu.register_nexus(cmd.nexus, None).await;
+    alua::note_nexus(lu, cmd.nexus, cmd.port).await;
     if let Some(rw) = fast_rw(cmd.cdb) {
         if let Some(r) = fast_path(lu, &cmd, rw).await {
             return r;
@@ -194,7 +201,9 @@ fn data_out_len(lu: &LogicalUnit, cdb: &[u8]) -> Option<u32> {
         &op::MODE_SELECT_6 | &op::MODE_SELECT_10 => cdb::decode_mode_select(cdb)
             .ok()
             .map(|m| m.param_len as u32),
-        _ => None,
+        _ => atomic::data_out_len(lu.volume().block_size(), cdb)
+            .or_else(|| provisioning::data_out_len(lu.volume().block_size(), cdb))
+            .or_else(|| xcopy::data_out_len(cdb)),
     }
 }
 
@@ -242,6 +251,7 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
         return Err(s);
     }
     let info = admit_cdb(cdb)?;
+    alua::check_access(lu, cmd)?;
     let vol = lu.volume();
     let data = |(d, alloc): (Vec<u8>, usize)| ScsiResult::data(d, alloc);
     Ok(match (info.opcode, info.sa) {
@@ -250,7 +260,7 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
             let pending = ua::take(lu, cmd.nexus).await;
             data(spc::request_sense(cdb, pending)?)
         }
-        (op::INQUIRY, _) => data(inquiry::inquiry(lu, cdb)?),
+        (op::INQUIRY, _) => data(inquiry::inquiry(lu, cdb, cmd.port)?),
         (op::REPORT_LUNS, _) => {
             let r = data(spc::report_luns(cdb, cmd.luns)?);
             // Reporting the LUN inventory clears that unit attention
@@ -268,7 +278,24 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
         (op::MAINTENANCE_IN, Some(cdb::sa::REPORT_SUPPORTED_OPCODES)) => {
             data(opcodes::report_opcodes(cdb)?)
         }
+        (op::MAINTENANCE_IN, Some(alua::SA_REPORT_TPG)) => data(alua::report(lu, cdb)?),
+        (alua::MAINTENANCE_OUT, Some(alua::SA_SET_TPG)) => ScsiResult {
+            data_out_len: Some(alua::set(lu, cmd).await?),
+            ..ScsiResult::good()
+        },
         (op::MAINTENANCE_IN, _) => data(opcodes::report_tmfs(cdb)?),
+        (provisioning::UNMAP, _) => provisioning::unmap(lu, cmd).await?,
+        (provisioning::WRITE_SAME_10 | provisioning::WRITE_SAME_16, _) => {
+            provisioning::write_same(lu, cmd).await?
+        }
+        (op::SERVICE_ACTION_IN_16, Some(provisioning::SA_GET_LBA_STATUS)) => {
+            data(provisioning::get_lba_status(lu, cdb).await?)
+        }
+        (atomic::COMPARE_AND_WRITE, _) => atomic::compare_and_write(lu, cmd).await?,
+        (atomic::ORWRITE_16, _) => atomic::orwrite(lu, cmd).await?,
+        (atomic::WRITE_ATOMIC_16, _) => atomic::write_atomic(lu, cmd).await?,
+        (xcopy::EXTENDED_COPY, _) => xcopy::extended_copy(lu, cmd).await?,
+        (xcopy::RECEIVE_COPY_RESULTS, Some(sa)) => data(xcopy::receive_copy_results(lu, cmd, sa)?),
         (op::READ_CAPACITY_10 | op::SERVICE_ACTION_IN_16, _) => data(sbc::read_capacity(vol, cdb)?),
         (op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16, _) => {
             sbc::synchronize_cache(vol, cdb).await?;
