@@ -19,6 +19,10 @@ pub const MAX_COMPARE_BLOCKS: u8 = 255;
 /// MAXIMUM ATOMIC TRANSFER LENGTH: 1 MiB at 512-byte blocks, which one
 /// journal entry holds.
 pub const MAX_ATOMIC_BLOCKS: u32 = 2048;
+/// ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY: 4 KiB, so an
+/// atomic write never shares a file system block with another one.
+pub const ATOMIC_ALIGNMENT: u32 = 8;
+pub const ATOMIC_GRANULARITY: u32 = 8;
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -63,6 +67,11 @@ pub async fn compare_and_write(
     let vol = lu.volume();
     let bs = vol.block_size() as usize;
     let len = 2 * blocks as usize * bs;
+    // The data-out must be exactly the compare and write buffers; a
+    // mismatch (e.g. a length that wrapped the one-byte field) is refused.
+    if cmd.data_out.len() > len {
+        return Err(Sense::invalid_cdb_field(13, None));
+    }
     if blocks == 0 {
         return Ok(with_out(0));
     }
@@ -145,6 +154,12 @@ pub async fn write_atomic(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<Scs
     let len = blocks as usize * bs;
     if blocks == 0 {
         return Ok(with_out(0));
+    }
+    if !lba.is_multiple_of(ATOMIC_ALIGNMENT as u64) {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    if !blocks.is_multiple_of(ATOMIC_GRANULARITY as u64) {
+        return Err(Sense::invalid_cdb_field(12, None));
     }
     let data = take_data(cmd, len)?;
     let fua = cdb[1] & 0x08 != 0 || !lu.write_cache_enabled();

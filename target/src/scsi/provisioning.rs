@@ -19,14 +19,16 @@ pub const WRITE_SAME_16: u8 = 0x93;
 pub const SA_GET_LBA_STATUS: u16 = 0x12;
 
 /// MAXIMUM UNMAP LBA COUNT: blocks one UNMAP may deallocate in total.
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// OPTIMAL UNMAP GRANULARITY: 4 KiB, the file systems' hole granularity.
 pub const UNMAP_GRANULARITY: u32 = 8;
 /// MAXIMUM WRITE SAME LENGTH. The pattern is written in bounded chunks, so
-/// the limit only bounds how long one command runs.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
+/// the limit only bounds how long one command runs; below 64Ki blocks
+/// because initiators check a deallocation by reading it back in one
+/// command, and that must fit the maximum transfer length.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
 /// Bytes one WRITE SAME step writes.
 const WRITE_SAME_CHUNK: usize = 1 << 20;
 /// Most descriptors one GET LBA STATUS returns, and how far it looks.
@@ -142,9 +144,11 @@ pub async fn write_same(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiR
     let block: Bytes = if ndob {
         Bytes::from(vec![0u8; bs])
     } else {
-        match cmd.data_out.get(..bs) {
-            Some(_) => cmd.data_out.slice(..bs),
-            None => return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR)),
+        // Exactly one block: anything else is a malformed request.
+        match cmd.data_out.len() {
+            n if n == bs => cmd.data_out.clone(),
+            n if n < bs => return Err(Sense::illegal(Asc::PARAMETER_LIST_LENGTH_ERROR)),
+            _ => return Err(Sense::invalid_cdb_field(len_byte, None)),
         }
     };
     let result = ScsiResult {
@@ -229,7 +233,8 @@ pub fn fill_vpd_b0(b: &mut [u8]) {
     b[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
     b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
     b[40..44].copy_from_slice(&super::atomic::MAX_ATOMIC_BLOCKS.to_be_bytes());
-    // Atomic alignment and granularity: none required.
+    b[44..48].copy_from_slice(&super::atomic::ATOMIC_ALIGNMENT.to_be_bytes());
+    b[48..52].copy_from_slice(&super::atomic::ATOMIC_GRANULARITY.to_be_bytes());
 }
 
 /// Data-out bytes UNMAP and WRITE SAME ask for.

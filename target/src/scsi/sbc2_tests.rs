@@ -186,7 +186,10 @@ async fn write_same_pattern_unmap_ndob_and_limits() {
     good(&run(&lu, &ws10(0x08, 10, 300), vec![0; 512]).await);
     assert!(read(&lu, 10, 300).await.iter().all(|&b| b == 0));
     // WRITE SAME (16) with NDOB writes zeros without data-out.
-    good(&run(&lu, &c16(0x93, 0, 0, 4), vec![0x77; 4 * 512]).await);
+    good(&run(&lu, &c16(0x93, 0, 0, 4), vec![0x77; 512]).await);
+    // The data-out is exactly one block.
+    assert!(run(&lu, &c16(0x93, 0, 0, 4), vec![0x77; 256]).await.status != status::GOOD);
+    assert!(run(&lu, &c16(0x93, 0, 0, 4), vec![0x77; 1024]).await.status != status::GOOD);
     let (c, d) = write16(500, vec![1; 512 * 8]);
     good(&run(&lu, &c, d).await);
     good(&run(&lu, &c16(0x93, 0x09, 500, 8), vec![]).await);
@@ -203,14 +206,15 @@ async fn write_same_pattern_unmap_ndob_and_limits() {
     assert_eq!(s, Sense::invalid_cdb_field(1, Some(4)));
     let s = sense(&run(&lu, &ws10(0x20, 0, 1), vec![0; 512]).await);
     assert_eq!(s, Sense::invalid_cdb_field(1, Some(5)));
-    // Above MAXIMUM WRITE SAME LENGTH.
-    let mut c = c16(0x93, 0x08, 0, 0);
-    c[10..14].copy_from_slice(&((provisioning::MAX_WRITE_SAME_BLOCKS + 1) as u32).to_be_bytes());
-    let big = Volume::simple("big", Arc::new(MemBackend::new(8 << 20).unwrap()), 512);
-    let _ = big;
-    let s = sense(&run(&lu, &c, vec![0; 512]).await);
-    // The LU is smaller than the limit, so the range fails first.
-    assert_eq!(s.asc, Asc::LBA_OUT_OF_RANGE);
+    // Above MAXIMUM WRITE SAME LENGTH, on an LU large enough.
+    let big = lu_on(
+        Volume::simple("big", Arc::new(MemBackend::new(70_000 * 512).unwrap()), 512),
+        0x3333,
+    );
+    let n = provisioning::MAX_WRITE_SAME_BLOCKS as u32;
+    good(&run(&big, &c16(0x93, 0x08, 0, n), vec![0; 512]).await);
+    let s = sense(&run(&big, &c16(0x93, 0x08, 0, n + 1), vec![0; 512]).await);
+    assert_eq!(s, Sense::invalid_cdb_field(10, None));
 }
 
 #[tokio::test]
@@ -306,6 +310,11 @@ async fn compare_and_write_success_miscompare_and_limits() {
     assert!(read(&lu, 5, 2).await.iter().all(|&b| b == b'B'));
     // Zero blocks: nothing to do. Past the end and short data fail.
     good(&run(&lu, &caw(5, 0), vec![]).await);
+    // 256 blocks wraps the one-byte field to 0: the extra data-out is refused.
+    let s = sense(&run(&lu, &caw(5, 0), vec![0; 1024]).await);
+    assert_eq!(s, Sense::invalid_cdb_field(13, None));
+    let s = sense(&run(&lu, &caw(5, 1), vec![0; 2048]).await);
+    assert_eq!(s, Sense::invalid_cdb_field(13, None));
     assert_eq!(
         sense(&run(&lu, &caw(BLOCKS - 1, 2), vec![0; 2048]).await).asc,
         Asc::LBA_OUT_OF_RANGE
@@ -362,13 +371,18 @@ async fn orwrite_and_write_atomic() {
         c[12..14].copy_from_slice(&n.to_be_bytes());
         c
     };
-    good(&run(&lu, &wa(8, 4), vec![0x42; 2048]).await);
-    assert!(read(&lu, 8, 4).await.iter().all(|&b| b == 0x42));
+    good(&run(&lu, &wa(8, 8), vec![0x42; 4096]).await);
+    assert!(read(&lu, 8, 8).await.iter().all(|&b| b == 0x42));
+    // Misaligned LBA, or a length off the granularity.
+    let s = sense(&run(&lu, &wa(9, 8), vec![0; 4096]).await);
+    assert_eq!(s, Sense::invalid_cdb_field(2, None));
+    let s = sense(&run(&lu, &wa(8, 4), vec![0; 2048]).await);
+    assert_eq!(s, Sense::invalid_cdb_field(12, None));
     good(&run(&lu, &wa(8, 0), vec![]).await);
     let s = sense(&run(&lu, &wa(0, atomic::MAX_ATOMIC_BLOCKS as u16 + 1), vec![]).await);
     assert_eq!(s, Sense::invalid_cdb_field(12, None));
     assert_eq!(
-        sense(&run(&lu, &wa(BLOCKS - 1, 2), vec![0; 1024]).await).asc,
+        sense(&run(&lu, &wa(BLOCKS - 8, 16), vec![0; 8192]).await).asc,
         Asc::LBA_OUT_OF_RANGE
     );
     // ATOMIC BOUNDARY must be zero (no boundary support).

@@ -196,10 +196,7 @@ pub async fn extended_copy(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<Sc
             return Err(Sense::illegal(UNSUPPORTED_TARGET_DESCRIPTOR)
                 .with_field(vtgt_protocol::scsi::sense::FieldPointer::param(base, None)));
         }
-        // LU ID TYPE: only 00b (the LU named by the designator).
-        if d[1] >> 6 != 0 {
-            return Err(Sense::invalid_cdb_field(1, None));
-        }
+        // LU ID TYPE is ignored (SPC-4): the designator names the LU.
         // Block devices only.
         if d[1] & 0x1F != 0 {
             return Err(Sense::invalid_param_field(base + 1, Some(4)));
