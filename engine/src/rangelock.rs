@@ -105,8 +105,7 @@ impl RangeLocks {
             }
             notified.await;
         }
-        let g = self.acquire(lba, end, true).await;
-        g
+        self.acquire(lba, end, true).await
     }
 
     async fn acquire(self: &Arc<Self>, start: u64, end: u64, exclusive: bool) -> RangeGuard {

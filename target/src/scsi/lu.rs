@@ -27,6 +27,8 @@ pub struct LuIdentity {
     pub naa_id: u64,
     /// iSCSI target name, for the SCSI name string designator.
     pub target_name: String,
+    /// Not used for INQUIRY any more: VPD 83h reports the port the command
+    /// came through ([`super::TargetPort`]). Kept for existing constructors.
     pub relative_port: u16,
     pub port_group: u16,
 }

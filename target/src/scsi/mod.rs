@@ -8,7 +8,10 @@
 //! One concept per module: [`lu`] (the logical unit), [`spc`] (TEST UNIT
 //! READY, REQUEST SENSE, REPORT LUNS), [`inquiry`], [`mode`], [`opcodes`]
 //! (command table, usage maps, REPORT SUPPORTED OPERATION CODES / TMFs),
-//! [`sbc`] (block commands) and [`ua`] (unit attentions).
+//! [`sbc`] (block commands) and [`ua`] (unit attentions); [`provisioning`]
+//! (UNMAP, WRITE SAME, GET LBA STATUS), [`atomic`] (COMPARE AND WRITE,
+//! ORWRITE, WRITE ATOMIC), [`xcopy`] (EXTENDED COPY, RECEIVE COPY RESULTS)
+//! and [`alua`] (target port groups).
 
 use bytes::Bytes;
 use vtgt_engine::{FaultReason, IoKind, NexusId, Notice};

@@ -607,3 +607,69 @@ async fn new_commands_are_reported_with_usage() {
         assert_eq!(&r.data_in[4..], info.usage);
     }
 }
+
+#[tokio::test]
+async fn write_protect_refuses_every_new_write_command() {
+    let lu = mem_lu();
+    let (c, d) = write16(0, vec![0x33; 8 * 512]);
+    good(&run(&lu, &c, d).await);
+    let mode = lu.mode();
+    lu.set_mode(mode::ModeParams { swp: true, ..mode });
+    let protect = |r: &ScsiResult| {
+        let s = sense(r);
+        assert_eq!((s.key, s.asc), (key::DATA_PROTECT, Asc::WRITE_PROTECTED));
+    };
+    let p = unmap_list(&[(0, 1)]);
+    protect(&run(&lu, &unmap_cdb(p.len()), p).await);
+    protect(&run(&lu, &ws10(0x08, 0, 1), vec![0; 512]).await);
+    protect(&run(&lu, &c16(0x93, 0x01, 0, 1), vec![]).await);
+    let mut data = vec![0x33; 512];
+    data.extend(vec![0x44; 512]);
+    protect(&run(&lu, &caw(0, 1), data).await);
+    protect(&run(&lu, &c16(0x8B, 0, 0, 1), vec![0xFF; 512]).await);
+    let mut wa = c16(0x9C, 0, 0, 0);
+    wa[10..14].copy_from_slice(&[0, 0, 0, 8]);
+    protect(&run(&lu, &wa, vec![0; 4096]).await);
+    let p = xcopy_list(&[inquiry::naa6(0x1111)], &[(0, 0, 1, 0, 1)], 1);
+    protect(&run(&lu, &xcopy_cdb(p.len()), p).await);
+    // Nothing changed.
+    assert!(read(&lu, 0, 8).await.iter().all(|&b| b == 0x33));
+}
+
+#[tokio::test]
+async fn extended_copy_list_id_usage() {
+    let lu = mem_lu();
+    let naa = inquiry::naa6(0x1111);
+    // List ID usage 11b (no list ID) needs a zero list identifier.
+    let mut p = xcopy_list(&[naa], &[(0, 0, 1, 0, 1)], 5);
+    p[1] = 0x18;
+    let s = sense(&run(&lu, &xcopy_cdb(p.len()), p).await);
+    assert_eq!(s, Sense::invalid_param_field(0, None));
+    // Usage 10b: the copy runs but its results are not kept.
+    let mut p = xcopy_list(&[naa], &[(0, 0, 1, 0, 1)], 5);
+    p[1] = 0x10;
+    good(&run(&lu, &xcopy_cdb(p.len()), p).await);
+    let mut rc = [0u8; 16];
+    rc[0] = 0x84;
+    rc[2] = 5;
+    rc[13] = 64;
+    assert_eq!(
+        sense(&run(&lu, &rc, vec![]).await),
+        Sense::invalid_cdb_field(2, None)
+    );
+    // Results are per nexus: another nexus does not see list 6.
+    let p = xcopy_list(&[naa], &[(0, 0, 1, 0, 1)], 6);
+    good(&run(&lu, &xcopy_cdb(p.len()), p).await);
+    rc[2] = 6;
+    good(&run(&lu, &rc, vec![]).await);
+    assert_eq!(
+        sense(&exec(&lu, &rc, vec![], 2, PORT).await),
+        Sense::invalid_cdb_field(2, None)
+    );
+    // The Third-party Copy VPD page lists both commands.
+    let v = run(&lu, &[0x12, 1, 0x8F, 0, 255, 0], vec![]).await;
+    good(&v);
+    assert_eq!(&v.data_in[4..6], &[0, 1], "supported commands descriptor");
+    assert!(v.data_in.windows(3).any(|w| w == [0x83, 1, 0]));
+    assert!(v.data_in.windows(4).any(|w| w == [0x84, 2, 0, 3]));
+}
