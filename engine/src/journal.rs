@@ -32,6 +32,10 @@ pub struct Journal {
     file: File,
     path: PathBuf,
     seq: u64,
+    /// An entry is durable but not yet retired. Another append would
+    /// overwrite it, losing the only intact copy of a write that may have
+    /// landed torn, so appends are refused until it is retired.
+    pending: bool,
 }
 
 /// FNV-1a over the header fields and data: detects torn or stale entries.
@@ -68,6 +72,7 @@ impl Journal {
                 file,
                 path: path.to_path_buf(),
                 seq,
+                pending: pending.is_some(),
             },
             pending,
         ))
@@ -86,6 +91,11 @@ impl Journal {
                 "atomic write larger than the journal entry limit",
             ));
         }
+        if self.pending {
+            return Err(io::Error::other(
+                "journal holds an unretired atomic write; a restart replays it",
+            ));
+        }
         let seq = self.seq;
         self.seq += 1;
         let mut buf = Vec::with_capacity(HEADER + data.len());
@@ -96,6 +106,7 @@ impl Journal {
         buf.extend_from_slice(&(data.len() as u64).to_be_bytes());
         buf.extend_from_slice(data);
         self.file.set_len(0)?;
+        self.pending = true;
         self.file.write_all_at(&buf, 0)?;
         self.file.sync_data()?;
         Ok(seq)
@@ -105,7 +116,9 @@ impl Journal {
     /// later write to the same blocks can never be undone by a replay.
     pub fn retire(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.pending = false;
+        Ok(())
     }
 }
 
@@ -149,6 +162,8 @@ mod tests {
         let (mut j, pending) = Journal::open(&p).unwrap();
         assert!(pending.is_none());
         j.append(7, &[0xAB; 1024]).unwrap();
+        // Until retired, a second entry may not replace it.
+        assert!(j.append(8, &[1; 512]).is_err());
         // Crash here: reopening finds the entry.
         drop(j);
         let (mut j, pending) = Journal::open(&p).unwrap();

@@ -220,6 +220,9 @@ impl Volume {
             return Ok(());
         }
         // Once journaled the in-place write must be durable before retiring.
+        // If it fails the entry stays (and further atomic writes are refused):
+        // a restart replays it over whatever part did land, so the blocks
+        // still end up all new.
         self.write_locked(&g, lba, d, fua || journaled).await?;
         if journaled {
             let journal = self.journal.clone();

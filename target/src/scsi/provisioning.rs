@@ -160,6 +160,11 @@ pub async fn write_same(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiR
         vol.discard(lba, blocks)
             .await
             .map_err(|e| engine_sense(&e, lba, true))?;
+        // With the write cache disabled a write is durable before status;
+        // a hole is file metadata, made durable by a flush.
+        if !lu.write_cache_enabled() {
+            vol.flush().await.map_err(|e| engine_sense(&e, lba, true))?;
+        }
         return Ok(result);
     }
     let per_chunk = (WRITE_SAME_CHUNK / bs).max(1) as u64;

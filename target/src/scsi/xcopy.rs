@@ -283,6 +283,13 @@ async fn run_segments(
         copy_blocks(&src, s.src_lba, &dst, s.dst_lba, s.blocks)
             .await
             .map_err(|(_, _)| aborted(Asc::NO_ADDITIONAL_SENSE).with_information(n as u64))?;
+        // Copies write without FUA; with the write cache disabled the data
+        // must be durable before status.
+        if !lu.write_cache_enabled() {
+            dst.flush()
+                .await
+                .map_err(|_| aborted(Asc::NO_ADDITIONAL_SENSE).with_information(n as u64))?;
+        }
         done.segments += 1;
         done.bytes += bytes;
     }
