@@ -26,6 +26,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Grows the store (shrinking is not supported).
     fn grow(&self, new_len: u64) -> io::Result<()>;
     fn describe(&self) -> String;
+    /// Which bytes of `offset..offset+len` hold data (`true`) and which are
+    /// holes, as ordered ranges covering it. Stores that cannot tell report
+    /// everything mapped.
+    fn allocated(&self, offset: u64, len: u64) -> io::Result<Vec<(std::ops::Range<u64>, bool)>> {
+        Ok(vec![(offset..offset.saturating_add(len), true)])
+    }
 }
 
 /// A sparse file, or a raw block device opened as a file.
@@ -187,6 +193,53 @@ impl Backend for FileBackend {
         self.file.sync_all()?;
         *len = new_len;
         Ok(())
+    }
+
+    fn allocated(&self, offset: u64, len: u64) -> io::Result<Vec<(std::ops::Range<u64>, bool)>> {
+        let end = offset.saturating_add(len);
+        if self.block_device {
+            return Ok(vec![(offset..end, true)]);
+        }
+        let fd = self.file.as_raw_fd();
+        let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+            // SAFETY: lseek on our own descriptor; no memory is passed.
+            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                // ENXIO: no more data after `at`.
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    return Ok(None);
+                }
+                return Err(e);
+            }
+            Ok(Some(r as u64))
+        };
+        let mut out = Vec::new();
+        let mut at = offset;
+        // Bounded: each step advances, and runs are capped for the caller.
+        while at < end && out.len() < 4096 {
+            let data = match seek(at, libc::SEEK_DATA) {
+                Ok(d) => d.unwrap_or(end).min(end),
+                // Filesystems without SEEK_DATA: all data.
+                Err(_) => {
+                    out.push((at..end, true));
+                    return Ok(out);
+                }
+            };
+            if data > at {
+                out.push((at..data, false));
+            }
+            if data >= end {
+                break;
+            }
+            let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+            out.push((data..hole, true));
+            at = hole;
+        }
+        if at < end && out.len() >= 4096 {
+            out.push((at..end, true));
+        }
+        Ok(out)
     }
 
     fn describe(&self) -> String {

@@ -33,6 +33,9 @@ struct CpState {
     known: HashSet<NexusId>,
     notices: HashMap<NexusId, VecDeque<Notice>>,
     pr: Reservations,
+    /// Nexuses denied fast-path I/O whatever their notices (e.g. their
+    /// target port is in a standby state).
+    blocked: HashSet<NexusId>,
 }
 
 /// Control-path state of one exposed LU.
@@ -248,11 +251,25 @@ impl LuControl {
         }
     }
 
+    /// Denies (or restores) a nexus's fast-path access independently of
+    /// notices; its commands then all reach the control path.
+    pub async fn set_blocked(&self, nexus: NexusId, blocked: bool) {
+        let mut st = self.state.lock().await;
+        let changed = if blocked {
+            st.blocked.insert(nexus)
+        } else {
+            st.blocked.remove(&nexus)
+        };
+        if changed {
+            self.republish(&st).await;
+        }
+    }
+
     async fn republish(&self, st: &CpState) {
         let mut next = AccessState::open();
         next.default = st.pr.default_media();
-        for n in st.known.iter().chain(st.notices.keys()) {
-            let a = if st.notices.contains_key(n) {
+        for n in st.known.iter().chain(st.notices.keys()).chain(st.blocked.iter()) {
+            let a = if st.notices.contains_key(n) || st.blocked.contains(n) {
                 Access::NONE
             } else {
                 st.pr.standing(*n).media()
@@ -304,5 +321,13 @@ mod tests {
         // Re-registering a known nexus raises nothing new.
         cp.register_nexus(2, Some(Notice::PowerOn)).await;
         assert_eq!(cp.peek(2).await, None);
+        // Blocking is independent of notices.
+        cp.set_blocked(2, true).await;
+        assert_eq!(
+            fp.admit(2, IoKind::Read, 0, 1).err(),
+            Some(FaultReason::Permission)
+        );
+        cp.set_blocked(2, false).await;
+        assert!(fp.admit(2, IoKind::Read, 0, 1).is_ok());
     }
 }

@@ -101,6 +101,8 @@ pub struct Admission {
     backend: Arc<dyn Backend>,
     offset: u64,
     bytes: usize,
+    lba: u64,
+    blocks: u64,
 }
 
 impl Exposure {
@@ -173,6 +175,8 @@ impl Exposure {
             backend,
             offset: offset + (lba - ext.start) * bs,
             bytes: (blocks * bs) as usize,
+            lba,
+            blocks,
         })
     }
 
@@ -216,7 +220,11 @@ impl Admission {
                 expected: self.bytes,
             });
         }
+        // Waits only while an atomic command holds an overlapping range;
+        // otherwise an atomic counter.
+        let guard = self.volume.locks().write(self.lba, self.blocks).await;
         blocking(move || {
+            let _guard = guard;
             self.backend.write_at(self.offset, &data, fua)?;
             self.volume.counters.fast_path_hit();
             Ok(())

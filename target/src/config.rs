@@ -102,6 +102,18 @@ pub struct TargetConfig {
     /// Per-initiator CHAP credentials, taking precedence over `chap`.
     #[serde(default, rename = "initiator_chap")]
     pub initiator_chap: Vec<InitiatorChapConfig>,
+    /// ALUA access state of target port groups (`iscsi.portals`'
+    /// `portal_group`); groups not listed are active/optimized.
+    #[serde(default, rename = "port_group", skip_serializing_if = "Vec::is_empty")]
+    pub port_groups: Vec<PortGroupConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortGroupConfig {
+    pub id: u16,
+    /// "active-optimized", "active-non-optimized" or "standby".
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +205,7 @@ impl Config {
                 allowed_initiators: vec![],
                 chap: None,
                 initiator_chap: vec![],
+                port_groups: vec![],
             }],
         }
     }
@@ -282,6 +295,22 @@ impl Config {
                     return Err(format!(
                         "target {:?} LUN {}: unknown volume {:?}",
                         t.name, l.id, l.volume
+                    ));
+                }
+            }
+            let mut groups = HashSet::new();
+            for g in &t.port_groups {
+                if crate::scsi::alua::AccessState::parse(&g.state).is_none() {
+                    return Err(format!(
+                        "target {:?} port_group {}: state must be active-optimized, \
+                         active-non-optimized or standby",
+                        t.name, g.id
+                    ));
+                }
+                if !groups.insert(g.id) {
+                    return Err(format!(
+                        "target {:?}: duplicate port_group {}",
+                        t.name, g.id
                     ));
                 }
             }
@@ -420,10 +449,43 @@ mutual_secret = "mnopqrstuvwxyz"
 "#;
         let c = Config::parse(text, "ex").unwrap();
         assert_eq!(c.targets[0].initiator_chap[0].chap.user, "h");
+        assert!(c.targets[0].port_groups.is_empty());
         assert_eq!(
             c.iscsi.portals[0].advertise.as_deref(),
             Some("10.0.2.100:3260")
         );
+    }
+}
+
+#[cfg(test)]
+mod port_group_tests {
+    use super::*;
+
+    const BASE: &str = "[[iscsi.portals]]\nlisten = \"127.0.0.1:3260\"\n\
+        [[iscsi.portals]]\nlisten = \"127.0.0.2:3260\"\nportal_group = 2\n\
+        [[target]]\nname = \"iqn.2026-11.org.vtgt:a\"\n";
+
+    #[test]
+    fn port_groups_parse_and_validate() {
+        let ok = format!(
+            "{BASE}[[target.port_group]]\nid = 1\nstate = \"active-optimized\"\n\
+             [[target.port_group]]\nid = 2\nstate = \"standby\"\n"
+        );
+        let c = Config::parse(&ok, "pg").unwrap();
+        assert_eq!(c.targets[0].port_groups.len(), 2);
+        assert_eq!(c.targets[0].port_groups[1].state, "standby");
+        let bad = format!("{BASE}[[target.port_group]]\nid = 1\nstate = \"offline\"\n");
+        let e = Config::parse(&bad, "pg").unwrap_err();
+        assert!(e.to_string().contains("state must be"), "{e}");
+        let dup = format!(
+            "{BASE}[[target.port_group]]\nid = 1\nstate = \"standby\"\n\
+             [[target.port_group]]\nid = 1\nstate = \"standby\"\n"
+        );
+        assert!(Config::parse(&dup, "pg").is_err());
+        // Omitted: every group active/optimized.
+        assert!(Config::parse(BASE, "pg").unwrap().targets[0]
+            .port_groups
+            .is_empty());
     }
 }
 

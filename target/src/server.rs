@@ -16,7 +16,9 @@ use vtgt_engine::{Backend, Exposure, FileBackend, LuControl, MemBackend, Notice,
 
 use crate::config::{BackendKind, Config};
 use crate::iscsi::{self, IscsiShared, PortalInfo};
+use crate::scsi::alua::AccessState;
 use crate::scsi::lu::{LogicalUnit, LuIdentity};
+use crate::scsi::TargetPort;
 use crate::target::{NexusRegistry, Target};
 
 /// Command-line overrides of the config.
@@ -108,14 +110,32 @@ impl Server {
         for v in &cfg.volumes {
             volumes.insert(v.name.clone(), open_volume(&cfg, v).await?);
         }
+        // Target ports: one per portal, in its portal group.
+        let ports: Vec<TargetPort> = cfg
+            .iscsi
+            .portals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| TargetPort {
+                relative_id: i as u16 + 1,
+                group: p.portal_group,
+            })
+            .collect();
         let mut targets = Vec::new();
         for t in &cfg.targets {
+            let states: Vec<(u16, AccessState)> = t
+                .port_groups
+                .iter()
+                .filter_map(|g| AccessState::parse(&g.state).map(|s| (g.id, s)))
+                .collect();
             let mut luns = BTreeMap::new();
             for l in &t.luns {
                 let e = volumes
                     .get(&l.volume)
                     .ok_or_else(|| anyhow!("unknown volume {}", l.volume))?;
-                luns.insert(l.id, make_lu(l.id, e, &t.name));
+                let lu = make_lu(l.id, e, &t.name);
+                lu.alua().configure(&ports, &states);
+                luns.insert(l.id, lu);
             }
             targets.push(Target::new(t, luns));
         }
@@ -370,6 +390,17 @@ impl Server {
 async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<VolumeEntry> {
     let backend = open_backend(cfg, v)?;
     let volume = Volume::simple(&v.name, backend, v.block_size);
+    // Atomic writes are journaled next to the data; memory volumes do not
+    // survive a crash anyway.
+    if v.backend != BackendKind::Memory {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let jp = cfg.data_dir.join(format!("{}.atomic-journal", v.name));
+        volume
+            .attach_journal(&jp)
+            .await
+            .with_context(|| format!("volume {:?}: journal {}", v.name, jp.display()))?;
+    }
     let exposure = Exposure::new(volume.clone());
     let control = match v.backend {
         // Memory volumes forget everything on restart, reservations too.
@@ -402,6 +433,7 @@ pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
 
 pub fn make_lu(lun: u64, e: &VolumeEntry, target: &str) -> Arc<LogicalUnit> {
     let id = e.volume.stable_id();
+    crate::scsi::xcopy::register(id, &e.volume);
     LogicalUnit::new(
         lun,
         e.control.clone(),

@@ -78,7 +78,7 @@ async fn write_exclusive_conflict_on_the_fast_path() {
     )
     .await
     .expect("login B");
-    let vol = server.volumes["prvol"].volume.clone();
+    let vol = server.volume("prvol").await.unwrap().volume.clone();
 
     // Before any reservation B writes on the fast path.
     let hits = vol.counters.fast_path_hits();

@@ -5,7 +5,7 @@ use vtgt_protocol::scsi::cdb::decode_inquiry;
 use vtgt_protocol::scsi::sense::Sense;
 
 use super::lu::{LogicalUnit, LuIdentity};
-use super::{field, MAX_TRANSFER_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS};
+use super::{field, TargetPort, MAX_TRANSFER_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS};
 
 /// IEEE company identifier used in the NAA 6 designator. Operators with
 /// their own OUI should replace it; the remaining 100 bits come from the
@@ -16,7 +16,7 @@ pub const IEEE_OUI: u32 = 0x00_14_05;
 const PROTO_ISCSI: u8 = 0x5;
 
 /// VPD pages we implement, in ascending order as page 00h lists them.
-pub const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+pub const VPD_PAGES: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3.
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
@@ -43,6 +43,10 @@ pub fn standard(identity: Option<&LuIdentity>) -> Vec<u8> {
     d[3] = 0x12;
     // CmdQue: full task management model.
     d[7] = 0x02;
+    if identity.is_some() {
+        // TPGS 11b: implicit and explicit ALUA; 3PC: EXTENDED COPY.
+        d[5] = 0x30 | 0x08;
+    }
     if let Some(id) = identity {
         d[8..16].copy_from_slice(&ascii_field(&id.vendor, 8));
         d[16..32].copy_from_slice(&ascii_field(&id.product, 16));
@@ -80,7 +84,7 @@ pub fn naa6(id: u64) -> [u8; 16] {
     b
 }
 
-fn device_identification(id: &LuIdentity) -> Vec<u8> {
+fn device_identification(id: &LuIdentity, port: TargetPort) -> Vec<u8> {
     let mut d = Vec::new();
     // NAA, binary, associated with the LU.
     designator(&mut d, 0x1, 0x03, &naa6(id.naa_id));
@@ -98,21 +102,22 @@ fn device_identification(id: &LuIdentity) -> Vec<u8> {
     designator(&mut d, 0x3, 0x80 | 0x20 | 0x08, &name);
     // Relative target port, and target port group, of the target port.
     let mut rel = [0u8; 4];
-    rel[2..].copy_from_slice(&id.relative_port.to_be_bytes());
+    rel[2..].copy_from_slice(&port.relative_id.to_be_bytes());
     designator(&mut d, 0x1, 0x80 | 0x10 | 0x04, &rel);
     let mut tpg = [0u8; 4];
-    tpg[2..].copy_from_slice(&id.port_group.to_be_bytes());
+    tpg[2..].copy_from_slice(&port.group.to_be_bytes());
     designator(&mut d, 0x1, 0x80 | 0x10 | 0x05, &tpg);
     d
 }
 
 /// One VPD page, header included, or `None` if we do not have it.
-pub fn vpd_page(lu: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
+pub fn vpd_page(lu: &LogicalUnit, page: u8, port: TargetPort) -> Option<Vec<u8>> {
     let id = lu.identity();
     let body: Vec<u8> = match page {
         0x00 => VPD_PAGES.to_vec(),
         0x80 => ascii_field(&id.serial, id.serial.len().min(252)),
-        0x83 => device_identification(id),
+        0x83 => device_identification(id, port),
+        0x8F => super::xcopy::vpd_8f(),
         0x86 => {
             let mut b = vec![0u8; 60];
             // SIMPSUP only: ordering beyond SIMPLE is the transport's to
@@ -131,7 +136,7 @@ pub fn vpd_page(lu: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
             b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
             b[8..12].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
             b[12..16].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
-            // No UNMAP, WRITE SAME or COMPARE AND WRITE: their fields stay 0.
+            super::provisioning::fill_vpd_b0(&mut b);
             b
         }
         0xB1 => {
@@ -140,11 +145,8 @@ pub fn vpd_page(lu: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
             b[0..2].copy_from_slice(&1u16.to_be_bytes());
             b
         }
-        0xB2 => {
-            // Fully provisioned, no unmap commands: consistent with
-            // READ CAPACITY (16) LBPME = 0.
-            vec![0u8; 4]
-        }
+        // Thin provisioned, consistent with READ CAPACITY (16) LBPME.
+        0xB2 => super::provisioning::vpd_b2(),
         _ => return None,
     };
     let mut d = vec![0x00, page];
@@ -154,10 +156,10 @@ pub fn vpd_page(lu: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
 }
 
 /// INQUIRY on an existing LU; returns the data and the allocation length.
-pub fn inquiry(lu: &LogicalUnit, cdb: &[u8]) -> Result<(Vec<u8>, usize), Sense> {
+pub fn inquiry(lu: &LogicalUnit, cdb: &[u8], port: TargetPort) -> Result<(Vec<u8>, usize), Sense> {
     let inq = decode_inquiry(cdb).map_err(field)?;
     let data = if inq.evpd {
-        vpd_page(lu, inq.page).ok_or(Sense::invalid_cdb_field(2, None))?
+        vpd_page(lu, inq.page, port).ok_or(Sense::invalid_cdb_field(2, None))?
     } else {
         standard(Some(lu.identity()))
     };

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use vtgt_engine::{ItNexus, LuControl, NexusId, Notice, Volume};
 
+use super::alua::Alua;
 use super::mode::ModeParams;
+use super::xcopy::CopyManager;
 
 /// What a LU says about itself in INQUIRY and the VPD pages. Everything is
 /// configuration-derived so that designators survive restarts.
@@ -25,6 +27,8 @@ pub struct LuIdentity {
     pub naa_id: u64,
     /// iSCSI target name, for the SCSI name string designator.
     pub target_name: String,
+    /// Not used for INQUIRY any more: VPD 83h reports the port the command
+    /// came through ([`super::TargetPort`]). Kept for existing constructors.
     pub relative_port: u16,
     pub port_group: u16,
 }
@@ -47,6 +51,10 @@ pub struct LogicalUnit {
     nexuses: RwLock<HashSet<NexusId>>,
     /// Per-volume metric handles, resolved once.
     pub metrics: Arc<crate::metrics::VolumeMetrics>,
+    /// Target port groups and their access states.
+    alua: Alua,
+    /// Results of this LU's EXTENDED COPY commands.
+    copies: CopyManager,
 }
 
 impl LogicalUnit {
@@ -63,6 +71,8 @@ impl LogicalUnit {
             swp: AtomicBool::new(mode.swp),
             mode: Mutex::new(mode),
             nexuses: RwLock::new(HashSet::new()),
+            alua: Alua::default(),
+            copies: CopyManager::default(),
         })
     }
 
@@ -76,6 +86,14 @@ impl LogicalUnit {
 
     pub fn identity(&self) -> &LuIdentity {
         &self.identity
+    }
+
+    pub fn alua(&self) -> &Alua {
+        &self.alua
+    }
+
+    pub(crate) fn copy_manager(&self) -> &CopyManager {
+        &self.copies
     }
 
     /// Registers a nexus with the LU's control state. `initial` is the unit

@@ -8,24 +8,33 @@
 //! One concept per module: [`lu`] (the logical unit), [`spc`] (TEST UNIT
 //! READY, REQUEST SENSE, REPORT LUNS), [`inquiry`], [`mode`], [`opcodes`]
 //! (command table, usage maps, REPORT SUPPORTED OPERATION CODES / TMFs),
-//! [`sbc`] (block commands) and [`ua`] (unit attentions).
+//! [`sbc`] (block commands) and [`ua`] (unit attentions); [`provisioning`]
+//! (UNMAP, WRITE SAME, GET LBA STATUS), [`atomic`] (COMPARE AND WRITE,
+//! ORWRITE, WRITE ATOMIC), [`xcopy`] (EXTENDED COPY, RECEIVE COPY RESULTS)
+//! and [`alua`] (target port groups).
 
 use bytes::Bytes;
 use vtgt_engine::{FaultReason, IoKind, NexusId, Notice};
 use vtgt_protocol::scsi::cdb::{self, decode_rw, fast_rw, op, FieldError, RwKind};
 use vtgt_protocol::scsi::sense::{Asc, Sense};
 
+pub mod alua;
+pub mod atomic;
 pub mod inquiry;
 pub mod lu;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;
+pub mod provisioning;
 pub mod sbc;
 pub mod spc;
 pub mod ua;
+pub mod xcopy;
 
 #[cfg(test)]
 mod pr_tests;
+#[cfg(test)]
+mod sbc2_tests;
 #[cfg(test)]
 mod tests;
 
@@ -139,6 +148,7 @@ impl ScsiResult {
 /// path, which re-checks everything.
 pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
     lu.attach(cmd.nexus, || pr::identity(&cmd)).await;
+    alua::note_nexus(lu, cmd.nexus, cmd.port).await;
     match fast_rw(cmd.cdb) {
         Some(rw) => {
             if let Some(r) = fast_path(lu, &cmd, rw).await {
@@ -221,7 +231,9 @@ fn data_out_len(lu: &LogicalUnit, cdb: &[u8]) -> Option<u32> {
             .ok()
             .map(|m| m.param_len as u32),
         &op::PERSISTENT_RESERVE_OUT if cdb.len() >= 10 => Some(pr::param_len(cdb)),
-        _ => None,
+        _ => atomic::data_out_len(lu.volume().block_size(), cdb)
+            .or_else(|| provisioning::data_out_len(lu.volume().block_size(), cdb))
+            .or_else(|| xcopy::data_out_len(cdb)),
     }
 }
 
@@ -269,6 +281,7 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
         return Err(s);
     }
     let info = admit_cdb(cdb)?;
+    alua::check_access(lu, cmd)?;
     if pr::conflicts(lu, cmd, info).await {
         return Ok(pr::conflict());
     }
@@ -280,7 +293,7 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
             let pending = ua::take(lu, cmd.nexus).await;
             data(spc::request_sense(cdb, pending)?)
         }
-        (op::INQUIRY, _) => data(inquiry::inquiry(lu, cdb)?),
+        (op::INQUIRY, _) => data(inquiry::inquiry(lu, cdb, cmd.port)?),
         (op::REPORT_LUNS, _) => {
             let r = data(spc::report_luns(cdb, cmd.luns)?);
             // Reporting the LUN inventory clears that unit attention
@@ -298,7 +311,24 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
         (op::MAINTENANCE_IN, Some(cdb::sa::REPORT_SUPPORTED_OPCODES)) => {
             data(opcodes::report_opcodes(cdb)?)
         }
+        (op::MAINTENANCE_IN, Some(alua::SA_REPORT_TPG)) => data(alua::report(lu, cdb)?),
+        (alua::MAINTENANCE_OUT, Some(alua::SA_SET_TPG)) => ScsiResult {
+            data_out_len: Some(alua::set(lu, cmd).await?),
+            ..ScsiResult::good()
+        },
         (op::MAINTENANCE_IN, _) => data(opcodes::report_tmfs(cdb)?),
+        (provisioning::UNMAP, _) => provisioning::unmap(lu, cmd).await?,
+        (provisioning::WRITE_SAME_10 | provisioning::WRITE_SAME_16, _) => {
+            provisioning::write_same(lu, cmd).await?
+        }
+        (op::SERVICE_ACTION_IN_16, Some(provisioning::SA_GET_LBA_STATUS)) => {
+            data(provisioning::get_lba_status(lu, cdb).await?)
+        }
+        (atomic::COMPARE_AND_WRITE, _) => atomic::compare_and_write(lu, cmd).await?,
+        (atomic::ORWRITE_16, _) => atomic::orwrite(lu, cmd).await?,
+        (atomic::WRITE_ATOMIC_16, _) => atomic::write_atomic(lu, cmd).await?,
+        (xcopy::EXTENDED_COPY, _) => xcopy::extended_copy(lu, cmd).await?,
+        (xcopy::RECEIVE_COPY_RESULTS, Some(sa)) => data(xcopy::receive_copy_results(lu, cmd, sa)?),
         (op::READ_CAPACITY_10 | op::SERVICE_ACTION_IN_16, _) => data(sbc::read_capacity(vol, cdb)?),
         (op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16, _) => {
             sbc::synchronize_cache(vol, cdb).await?;

@@ -6,7 +6,14 @@
 use vtgt_protocol::scsi::cdb::{decode_report_opcodes, decode_report_tmfs, op, sa};
 use vtgt_protocol::scsi::sense::Sense;
 
+use super::alua::{MAINTENANCE_OUT, SA_REPORT_TPG, SA_SET_TPG};
+use super::atomic::{COMPARE_AND_WRITE, ORWRITE_16, WRITE_ATOMIC_16};
 use super::field;
+use super::provisioning::{SA_GET_LBA_STATUS, UNMAP, WRITE_SAME_10, WRITE_SAME_16};
+use super::xcopy::{
+    EXTENDED_COPY, RECEIVE_COPY_RESULTS, SA_COPY_STATUS, SA_EXTENDED_COPY_LID1,
+    SA_OPERATING_PARAMETERS,
+};
 
 /// One supported command.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +71,8 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(op::WRITE_10, &[op::WRITE_10, 0xFA, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::WRITE_AND_VERIFY_10, &[op::WRITE_AND_VERIFY_10, 0xF6, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::VERIFY_10, &[op::VERIFY_10, 0xF6, FF, FF, FF, FF, 0x1F, FF, FF, C]),
+    cmd(WRITE_SAME_10, &[WRITE_SAME_10, 0x08, FF, FF, FF, FF, 0x1F, FF, FF, C]),
+    cmd(UNMAP, &[UNMAP, 0, 0, 0, 0, 0, 0x1F, FF, FF, C]),
     cmd(op::PRE_FETCH_10, &[op::PRE_FETCH_10, 0x02, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::SYNCHRONIZE_CACHE_10, &[op::SYNCHRONIZE_CACHE_10, 0x06, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::MODE_SELECT_10, &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, FF, FF, C]),
@@ -82,19 +91,35 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x05, &[op::PERSISTENT_RESERVE_OUT, 0x1F, FF, 0, 0, FF, FF, FF, FF, C]),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x06, &[op::PERSISTENT_RESERVE_OUT, 0x1F, FF, 0, 0, FF, FF, FF, FF, C]),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x07, &[op::PERSISTENT_RESERVE_OUT, 0x1F, FF, 0, 0, FF, FF, FF, FF, C]),
+    cmd_sa(EXTENDED_COPY, SA_EXTENDED_COPY_LID1,
+           &[EXTENDED_COPY, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, C]),
+    cmd_sa(RECEIVE_COPY_RESULTS, SA_COPY_STATUS,
+           &[RECEIVE_COPY_RESULTS, 0x1F, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, C]),
+    cmd_sa(RECEIVE_COPY_RESULTS, SA_OPERATING_PARAMETERS,
+           &[RECEIVE_COPY_RESULTS, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, C]),
     cmd(op::READ_16, &[op::READ_16, 0xFE, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
+    cmd(COMPARE_AND_WRITE, &[COMPARE_AND_WRITE, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0x1F, C]),
     cmd(op::WRITE_16, &[op::WRITE_16, 0xFA, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
+    cmd(ORWRITE_16, &[ORWRITE_16, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::WRITE_AND_VERIFY_16, &[op::WRITE_AND_VERIFY_16, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::VERIFY_16, &[op::VERIFY_16, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::PRE_FETCH_16, &[op::PRE_FETCH_16, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::SYNCHRONIZE_CACHE_16, &[op::SYNCHRONIZE_CACHE_16, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
+    cmd(WRITE_SAME_16, &[WRITE_SAME_16, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
+    cmd(WRITE_ATOMIC_16, &[WRITE_ATOMIC_16, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, FF, FF, 0x1F, C]),
     cmd_sa(op::SERVICE_ACTION_IN_16, sa::READ_CAPACITY_16,
            &[op::SERVICE_ACTION_IN_16, 0x1F, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, C]),
+    cmd_sa(op::SERVICE_ACTION_IN_16, SA_GET_LBA_STATUS,
+           &[op::SERVICE_ACTION_IN_16, 0x1F, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C]),
     cmd(op::REPORT_LUNS, &[op::REPORT_LUNS, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, C]),
+    cmd_sa(op::MAINTENANCE_IN, SA_REPORT_TPG,
+           &[op::MAINTENANCE_IN, 0xFF, 0, 0, 0, 0, FF, FF, FF, FF, 0, C]),
     cmd_sa(op::MAINTENANCE_IN, sa::REPORT_SUPPORTED_OPCODES,
            &[op::MAINTENANCE_IN, 0x1F, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, C]),
     cmd_sa(op::MAINTENANCE_IN, sa::REPORT_SUPPORTED_TMFS,
            &[op::MAINTENANCE_IN, 0x1F, 0x80, 0, 0, 0, FF, FF, FF, FF, 0, C]),
+    cmd_sa(MAINTENANCE_OUT, SA_SET_TPG,
+           &[MAINTENANCE_OUT, 0x1F, 0, 0, 0, 0, FF, FF, FF, FF, 0, C]),
     cmd(op::READ_12, &[op::READ_12, 0xFE, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::WRITE_12, &[op::WRITE_12, 0xFA, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::WRITE_AND_VERIFY_12, &[op::WRITE_AND_VERIFY_12, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),

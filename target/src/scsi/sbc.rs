@@ -230,8 +230,10 @@ pub fn read_capacity(vol: &Volume, cdb: &[u8]) -> Result<(Vec<u8>, usize), Sense
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&last.to_be_bytes());
     d[8..12].copy_from_slice(&bs.to_be_bytes());
-    // No protection, one logical block per physical block, LBPME = 0,
-    // LBPRZ = 0, lowest aligned LBA 0.
+    // No protection, one logical block per physical block (initiators'
+    // GET LBA STATUS checks assume it), thin provisioned (LBPME) with
+    // unmapped blocks reading zero (LBPRZ), lowest aligned LBA 0.
+    d[14] = super::provisioning::READ_CAPACITY_LBP;
     Ok((d, rc.alloc as usize))
 }
 

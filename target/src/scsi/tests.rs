@@ -35,7 +35,11 @@ fn cmd<'a>(cdb: &'a [u8], nexus: NexusId, data: Vec<u8>) -> ScsiCommand<'a> {
         data_out: Bytes::from(data),
         nexus,
         luns: &[0, 1, 300],
-        port: Default::default(),
+        // Matches the identity's port, so VPD 83h designators agree.
+        port: TargetPort {
+            relative_id: 3,
+            group: 7,
+        },
         initiator: "",
     }
 }
@@ -95,8 +99,8 @@ async fn standard_inquiry() {
     assert_eq!(d[3], 0x12);
     assert_eq!(d[4] as usize, d.len() - 5);
     assert_eq!(
-        d[5], 0x00,
-        "TPGS must be 0 without REPORT TARGET PORT GROUPS"
+        d[5], 0x38,
+        "TPGS 11b (REPORT/SET TARGET PORT GROUPS) and 3PC (EXTENDED COPY)"
     );
     assert_eq!(d[7] & 0x02, 0x02);
     assert_eq!(&d[8..16], b"VTGT    ");
@@ -204,7 +208,11 @@ async fn read_capacity() {
         &r.data_in[..12],
         &[0, 0, 0, 0, 0, 0, 0x03, 0xFF, 0, 0, 2, 0]
     );
-    assert_eq!(r.data_in[14] & 0x80, 0, "LBPME");
+    assert_eq!(
+        r.data_in[14] & 0xC0,
+        0xC0,
+        "LBPME and LBPRZ, as VPD B2h says"
+    );
     c16[13] = 12;
     assert_eq!(run(&lu, &c16).await.data_in.len(), 12);
     // Unknown service action of SERVICE ACTION IN (16).
