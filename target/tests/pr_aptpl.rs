@@ -48,7 +48,7 @@ volume = "disk"
     )
     .expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vtgt"))
-        .args(["serve", "--config"])
+        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
