@@ -1,0 +1,324 @@
+//! SCSI I/O over loopback: round trips, R2T flows under many negotiated
+//! limits, digests, concurrency, residuals and sense.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use tokio::task::JoinSet;
+use vtgt_initiator::iscsi::{DataDir, Session};
+
+/// Writes `len` bytes at `lba` with the given CDB flavour and reads them
+/// back with the other flavour; the data must match.
+async fn round_trip(s: &Session, lba: u64, len: usize, seed: u64, use16: bool) {
+    assert_eq!(len % BLOCK, 0);
+    let blocks = (len / BLOCK) as u32;
+    let data = pattern(seed, len);
+    let wcdb = if use16 {
+        write16(lba, blocks)
+    } else {
+        write10(lba as u32, blocks as u16, false)
+    };
+    let r = within("write", s.command(0, &wcdb, DataDir::Write, len as u32, data.clone()))
+        .await
+        .expect("write");
+    assert_good(&format!("write {len} B at {lba}"), &r);
+    assert!(!r.overflow && !r.underflow, "write residual flags: {r:?}");
+    let rcdb = if use16 {
+        read10(lba as u32, blocks as u16)
+    } else {
+        read16(lba, blocks)
+    };
+    let r = within("read", s.command(0, &rcdb, DataDir::Read, len as u32, Bytes::new()))
+        .await
+        .expect("read");
+    assert_good(&format!("read {len} B at {lba}"), &r);
+    assert!(!r.overflow && !r.underflow, "read residual flags");
+    assert_same(&format!("{len} B at LBA {lba}"), &r.data, &data);
+}
+
+#[tokio::test]
+async fn read_write_10_and_16_round_trips() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    let mut lba = 0u64;
+    for (i, len) in [512usize, 4096, 65_536, 128 * 1024].into_iter().enumerate() {
+        round_trip(&s, lba, len, i as u64, false).await;
+        lba += (len / BLOCK) as u64;
+        round_trip(&s, lba, len, 100 + i as u64, true).await;
+        lba += (len / BLOCK) as u64;
+    }
+    // READ(16)/WRITE(16) at the last blocks of the volume.
+    round_trip(&s, VOLUME_BLOCKS - 8, 4096, 42, true).await;
+    // Earlier data is intact after later writes.
+    let first = read_at(&s, 0, 1).await;
+    assert_same("LBA 0 still holds the first pattern", &first, &pattern(0, 512));
+    srv.shutdown().await.unwrap();
+}
+
+const SIZES: [usize; 4] = [512, 8192, 300 * 1024, (1 << 20) + 512];
+
+/// (MaxBurstLength, FirstBurstLength, initiator MaxRecvDataSegmentLength)
+const LIMITS: [(u32, u32, u32); 3] = [
+    (1 << 20, 65_536, 262_144),
+    (16_384, 8192, 4096),
+    (4096, 512, 512),
+];
+
+async fn r2t_matrix(digests: bool, limits: &[(u32, u32, u32)]) {
+    let (srv, addr) = start_mem().await;
+    let mut seed = if digests { 5000 } else { 1000 };
+    for imm in ["Yes", "No"] {
+        for ir2t in ["Yes", "No"] {
+            for &(mbl, fbl, mrdsl) in limits {
+                let mut c = lcfg(INITIATOR, Some(TARGET))
+                    .key("ImmediateData", imm)
+                    .key("InitialR2T", ir2t)
+                    .key("MaxBurstLength", &mbl.to_string())
+                    .key("FirstBurstLength", &fbl.to_string())
+                    .key("MaxRecvDataSegmentLength", &mrdsl.to_string());
+                if digests {
+                    c = c
+                        .key("HeaderDigest", "CRC32C")
+                        .key("DataDigest", "CRC32C");
+                }
+                let s = login_with(addr, c).await;
+                let p = s.params();
+                assert_eq!(p.immediate_data, imm == "Yes");
+                assert_eq!(p.initial_r2t, ir2t == "Yes");
+                assert_eq!((p.max_burst_length, p.first_burst_length), (mbl, fbl));
+                assert_eq!(p.initiator_max_recv_data_segment_length, mrdsl);
+                assert_eq!((p.header_digest, p.data_digest), (digests, digests));
+                let mut lba = 0u64;
+                for len in SIZES {
+                    seed += 1;
+                    round_trip(&s, lba, len, seed, seed % 2 == 0).await;
+                    lba += (len / BLOCK) as u64 + 1;
+                }
+                within("logout", s.logout()).await.expect("logout");
+            }
+        }
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn r2t_flows_for_every_immediate_and_initial_r2t_combination() {
+    r2t_matrix(false, &LIMITS).await;
+}
+
+#[tokio::test]
+async fn r2t_flows_with_header_and_data_digests() {
+    r2t_matrix(true, &LIMITS[1..]).await;
+}
+
+#[tokio::test]
+async fn sixty_four_commands_in_flight() {
+    let (srv, addr) = start_mem().await;
+    let s = Arc::new(login(addr, INITIATOR).await);
+    const N: u64 = 64;
+    const LEN: usize = 16 * 1024;
+    let mut set = JoinSet::new();
+    for i in 0..N {
+        let s = s.clone();
+        set.spawn(async move {
+            let lba = (i * (LEN / BLOCK) as u64) as u32;
+            write_at(&s, lba, pattern(9000 + i, LEN)).await;
+        });
+    }
+    within("64 writes", async {
+        while let Some(r) = set.join_next().await {
+            r.expect("write task");
+        }
+    })
+    .await;
+    let mut set = JoinSet::new();
+    for i in 0..N {
+        let s = s.clone();
+        set.spawn(async move {
+            let lba = (i * (LEN / BLOCK) as u64) as u32;
+            let got = read_at(&s, lba, (LEN / BLOCK) as u16).await;
+            assert_same(&format!("command {i}"), &got, &pattern(9000 + i, LEN));
+        });
+    }
+    within("64 reads", async {
+        while let Some(r) = set.join_next().await {
+            r.expect("read task");
+        }
+    })
+    .await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_sessions_interleaved_then_cross_verified() {
+    let (srv, addr) = start_mem().await;
+    let a = Arc::new(login(addr, INITIATOR).await);
+    let b = Arc::new(login(addr, INITIATOR_B).await);
+    const CHUNK: usize = 8192;
+    const CHUNKS: u32 = 32;
+    let blocks = (CHUNK / BLOCK) as u32;
+    let run = |s: Arc<Session>, parity: u32| async move {
+        for i in (0..CHUNKS).filter(|i| i % 2 == parity) {
+            write_at(&s, i * blocks, pattern(20_000 + i as u64, CHUNK)).await;
+            // Interleave reads of our own earlier chunks.
+            let got = read_at(&s, i * blocks, blocks as u16).await;
+            assert_same("own chunk", &got, &pattern(20_000 + i as u64, CHUNK));
+        }
+    };
+    let (ra, rb) = within(
+        "concurrent sessions",
+        async { tokio::join!(tokio::spawn(run(a.clone(), 0)), tokio::spawn(run(b.clone(), 1))) },
+    )
+    .await;
+    ra.unwrap();
+    rb.unwrap();
+    for (reader, name) in [(&a, "a"), (&b, "b")] {
+        let all = read_at(reader, 0, (blocks * CHUNKS) as u16).await;
+        for i in 0..CHUNKS as usize {
+            assert_same(
+                &format!("session {name} reads chunk {i}"),
+                &all[i * CHUNK..(i + 1) * CHUNK],
+                &pattern(20_000 + i as u64, CHUNK),
+            );
+        }
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_residuals_overflow_and_underflow() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    let data = pattern(77, 4096);
+    write_at(&s, 100, data.clone()).await;
+    // EDTL smaller than the 4096 bytes the CDB asks for: overflow.
+    let r = within(
+        "short read",
+        s.command(0, &read10(100, 8), DataDir::Read, 1536, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_good("overflow read", &r);
+    assert!(r.overflow && !r.underflow, "{r:?}");
+    assert_eq!(r.residual, 4096 - 1536);
+    assert_same("overflow read data", &r.data, &data[..1536]);
+    // EDTL larger than the CDB wants: underflow.
+    let r = within(
+        "long read",
+        s.command(0, &read10(100, 8), DataDir::Read, 8192, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_good("underflow read", &r);
+    assert!(r.underflow && !r.overflow, "{r:?}");
+    assert_eq!(r.residual, 4096);
+    assert_same("underflow read data", &r.data, &data);
+    // Exact: neither.
+    let r = within(
+        "exact read",
+        s.command(0, &read10(100, 8), DataDir::Read, 4096, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert!(!r.underflow && !r.overflow && r.residual == 0, "{r:?}");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn write_residuals() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    let old = pattern(4, 1024);
+    write_at(&s, 300, old.clone()).await;
+    // The CDB wants 2 blocks but EDTL is one block: overflow of 512 bytes;
+    // only the complete block received is written.
+    let new = pattern(5, 512);
+    let r = within(
+        "short write",
+        s.command(0, &write10(300, 2, false), DataDir::Write, 512, new.clone()),
+    )
+    .await
+    .unwrap();
+    assert_good("overflow write", &r);
+    assert!(r.overflow && !r.underflow, "{r:?}");
+    assert_eq!(r.residual, 512);
+    let got = read_at(&s, 300, 2).await;
+    assert_same("block received", &got[..512], &new);
+    assert_same("block not received", &got[512..], &old[512..]);
+    // EDTL larger than the CDB wants: underflow, the CDB's blocks written.
+    let more = pattern(6, 2048);
+    let r = within(
+        "long write",
+        s.command(0, &write10(300, 2, false), DataDir::Write, 2048, more.clone()),
+    )
+    .await
+    .unwrap();
+    assert_good("underflow write", &r);
+    assert!(r.underflow && !r.overflow, "{r:?}");
+    assert_eq!(r.residual, 1024);
+    let got = read_at(&s, 300, 4).await;
+    assert_same("CDB range written", &got[..1024], &more[..1024]);
+    assert_same("beyond the CDB untouched", &got[1024..], &[0u8; 1024]);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fua_write_and_synchronize_cache() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    let data = pattern(31, 8192);
+    let r = within(
+        "fua write",
+        s.command(0, &write10(64, 16, true), DataDir::Write, 8192, data.clone()),
+    )
+    .await
+    .unwrap();
+    assert_good("FUA write", &r);
+    assert_same("after FUA", &read_at(&s, 64, 16).await, &data);
+    let r = within(
+        "sync cache",
+        s.command(0, &sync_cache10(), DataDir::None, 0, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_good("SYNCHRONIZE CACHE", &r);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn out_of_range_read_is_illegal_request() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    for (cdb, what) in [
+        (read10(VOLUME_BLOCKS as u32, 1), "READ(10) at capacity"),
+        (read10(VOLUME_BLOCKS as u32 - 1, 2), "READ(10) across the end"),
+        (read16(VOLUME_BLOCKS, 1), "READ(16) at capacity"),
+        (read16(u64::MAX, 1), "READ(16) at LBA 2^64-1"),
+    ] {
+        let r = within(what, s.command(0, &cdb, DataDir::Read, 1024, Bytes::new()))
+            .await
+            .unwrap();
+        assert_eq!(r.status, CHECK_CONDITION, "{what}");
+        assert_eq!(r.sense_key(), Some((0x05, 0x21, 0x00)), "{what}");
+    }
+    let r = within(
+        "write past end",
+        s.command(
+            0,
+            &write16(VOLUME_BLOCKS, 1),
+            DataDir::Write,
+            512,
+            pattern(1, 512),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(r.sense_key(), Some((0x05, 0x21, 0x00)));
+    // The last valid block still works.
+    round_trip(&s, VOLUME_BLOCKS - 1, 512, 3, true).await;
+    srv.shutdown().await.unwrap();
+}
