@@ -1,0 +1,183 @@
+//! Task management functions and NOP-Out over loopback.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use vtgt_initiator::iscsi::{DataDir, Session};
+use vtgt_protocol::iscsi::pdu::{self, tmf, Pdu, RESERVED_TAG};
+
+async fn tmf_call(s: &Session, function: u8, lun: u64, rtt: u32, ref_cmdsn: u32) -> u8 {
+    within("task management", s.task_mgmt(function, lun, rtt, ref_cmdsn))
+        .await
+        .expect("TMF response")
+}
+
+async fn tur(s: &Session, lun: u64) -> vtgt_initiator::CommandResult {
+    within(
+        "TEST UNIT READY",
+        s.command(lun, &test_unit_ready(), DataDir::None, 0, Bytes::new()),
+    )
+    .await
+    .expect("TUR completes")
+}
+
+#[tokio::test]
+async fn abort_task_for_unknown_task_outside_window() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    check_healthy(&s, 0, 1).await;
+    let next = s.peek_cmdsn();
+    for ref_cmdsn in [next.wrapping_add(1000), next.wrapping_sub(1), next.wrapping_sub(20)] {
+        let r = tmf_call(&s, tmf::ABORT_TASK, 0, 0x00ab_cdef, ref_cmdsn).await;
+        assert_eq!(r, tmf::TASK_DOES_NOT_EXIST, "RefCmdSN {ref_cmdsn}");
+    }
+    check_healthy(&s, 8, 2).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn task_set_functions_complete() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    for f in [tmf::ABORT_TASK_SET, tmf::CLEAR_TASK_SET] {
+        assert_eq!(tmf_call(&s, f, 0, RESERVED_TAG, 0).await, tmf::FUNCTION_COMPLETE);
+        check_healthy(&s, 0, f as u64).await;
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lun_reset_raises_unit_attention_once_on_other_sessions() {
+    let (srv, addr) = start_mem().await;
+    let a = login(addr, INITIATOR).await;
+    let b = login(addr, INITIATOR_B).await;
+    assert_good("TUR before reset", &tur(&b, 0).await);
+    assert_good("TUR before reset", &tur(&a, 0).await);
+    let r = tmf_call(&a, tmf::LOGICAL_UNIT_RESET, 0, RESERVED_TAG, 0).await;
+    assert_eq!(r, tmf::FUNCTION_COMPLETE);
+    let r = tur(&b, 0).await;
+    assert_eq!(r.status, CHECK_CONDITION, "first command after LUN RESET");
+    let (key, asc, _) = r.sense_key().expect("sense data");
+    assert_eq!((key, asc), (0x06, 0x29), "UNIT ATTENTION, reset occurred");
+    // Reported once: the next command is GOOD, and I/O works.
+    assert_good("second TUR", &tur(&b, 0).await);
+    check_healthy(&b, 0, 3).await;
+    check_healthy(&a, 8, 4).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tmf_on_missing_lun() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    for f in [
+        tmf::ABORT_TASK_SET,
+        tmf::CLEAR_TASK_SET,
+        tmf::LOGICAL_UNIT_RESET,
+    ] {
+        for l in [1u64, 5, 255] {
+            let r = tmf_call(&s, f, lun(l), RESERVED_TAG, 0).await;
+            assert_eq!(r, tmf::LUN_DOES_NOT_EXIST, "function {f} on LUN {l}");
+        }
+    }
+    check_healthy(&s, 0, 5).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn target_warm_reset_completes() {
+    let (srv, addr) = start_mem().await;
+    let a = login(addr, INITIATOR).await;
+    let b = login(addr, INITIATOR_B).await;
+    let r = tmf_call(&a, tmf::TARGET_WARM_RESET, 0, RESERVED_TAG, 0).await;
+    assert_eq!(r, tmf::FUNCTION_COMPLETE);
+    // The other nexus sees the reset as a unit attention, once.
+    let r = tur(&b, 0).await;
+    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(r.sense_key().map(|(k, a, _)| (k, a)), Some((0x06, 0x29)));
+    assert_good("second TUR", &tur(&b, 0).await);
+    check_healthy(&b, 0, 6).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn abort_task_of_a_write_waiting_for_data() {
+    let (srv, addr) = start_mem().await;
+    let healthy = login(addr, INITIATOR_B).await;
+    let old = pattern(40, 4096);
+    write_at(&healthy, 700, old.clone()).await;
+    let s = Arc::new(
+        login_with(
+            addr,
+            lcfg(INITIATOR, Some(TARGET))
+                .key("InitialR2T", "Yes")
+                .key("ImmediateData", "No"),
+        )
+        .await,
+    );
+    assert!(s.params().initial_r2t && !s.params().immediate_data);
+    let itt = s.alloc_itt();
+    let (h, pdus) = s
+        .build_command(
+            0,
+            &write10(700, 8, false),
+            DataDir::Write,
+            4096,
+            pattern(41, 4096),
+            itt,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pdus.len(), 1, "no data goes with the command");
+    // Wait for an answer to the command with a plain waiter: the initiator
+    // does not answer the target's R2T, so the write stays open.
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(1500), s.exchange(itt, &pdus)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = tmf_call(&s, tmf::ABORT_TASK, 0, itt, h.cmdsn).await;
+    assert_eq!(r, tmf::FUNCTION_COMPLETE);
+    let got = within("waiter", waiter).await.unwrap();
+    assert!(got.is_err(), "the aborted command was answered: {got:?}");
+    // Data arriving late for the aborted task is dropped.
+    for ttt in [1u32, 2, RESERVED_TAG] {
+        let d = pdu::DataOut {
+            final_bit: true,
+            lun: 0,
+            itt,
+            ttt,
+            exp_statsn: 0,
+            datasn: 0,
+            offset: 0,
+        };
+        s.send_raw(&[Pdu::new(d.to_bhs(), pattern(41, 4096))])
+            .await
+            .unwrap();
+    }
+    assert_same("aborted write", &read_at(&healthy, 700, 8).await, &old);
+    // A second abort of the same task: it no longer exists.
+    let r = tmf_call(&s, tmf::ABORT_TASK, 0, itt, h.cmdsn).await;
+    assert_eq!(r, tmf::TASK_DOES_NOT_EXIST);
+    check_healthy(&s, 0, 42).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn nop_out_ping_echoes_data() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    for len in [0usize, 1, 5, 48, 4096, 8192] {
+        let data = pattern(len as u64, len);
+        let echo = within("nop", s.nop(data.clone())).await.expect("NOP-In");
+        assert_same(&format!("NOP echo of {len} B"), &echo, &data);
+    }
+    check_healthy(&s, 0, 7).await;
+    srv.shutdown().await.unwrap();
+}
