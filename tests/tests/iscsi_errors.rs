@@ -271,7 +271,11 @@ async fn cmdsn_outside_the_window_is_silently_ignored() {
         check_healthy(&s, 16, 33).await;
         assert!(!s.is_closed());
     }
-    assert_same("ignored command wrote nothing", &read_at(&healthy, 500, 8).await, &old);
+    assert_same(
+        "ignored command wrote nothing",
+        &read_at(&healthy, 500, 8).await,
+        &old,
+    );
     srv.shutdown().await.unwrap();
 }
 
@@ -369,10 +373,16 @@ async fn data_digest_error_on_immediate_data_writes_nothing() {
         "no Reject(data digest error)"
     );
     assert!(
-        !seen.iter().any(|p| p.bhs.opcode() == Some(Opcode::ScsiResponse)),
+        !seen
+            .iter()
+            .any(|p| p.bhs.opcode() == Some(Opcode::ScsiResponse)),
         "the write was executed"
     );
-    assert_same("after digest error", &read_at(&healthy, 3000, 8).await, &old);
+    assert_same(
+        "after digest error",
+        &read_at(&healthy, 3000, 8).await,
+        &old,
+    );
     check_healthy(&healthy, 0, 52).await;
     srv.shutdown().await.unwrap();
 }
@@ -423,11 +433,17 @@ async fn data_digest_error_on_data_out_writes_nothing() {
         "no Reject(data digest error)"
     );
     assert!(
-        !seen.iter().any(|p| p.bhs.opcode() == Some(Opcode::ScsiResponse)
-            && pdu::ScsiResponse::parse(&p.bhs).status == GOOD),
+        !seen
+            .iter()
+            .any(|p| p.bhs.opcode() == Some(Opcode::ScsiResponse)
+                && pdu::ScsiResponse::parse(&p.bhs).status == GOOD),
         "the write completed GOOD"
     );
-    assert_same("after digest error", &read_at(&healthy, 3100, 16).await, &old);
+    assert_same(
+        "after digest error",
+        &read_at(&healthy, 3100, 16).await,
+        &old,
+    );
     check_healthy(&healthy, 0, 62).await;
     srv.shutdown().await.unwrap();
 }

@@ -21,9 +21,12 @@ async fn round_trip(s: &Session, lba: u64, len: usize, seed: u64, use16: bool) {
     } else {
         write10(lba as u32, blocks as u16, false)
     };
-    let r = within("write", s.command(0, &wcdb, DataDir::Write, len as u32, data.clone()))
-        .await
-        .expect("write");
+    let r = within(
+        "write",
+        s.command(0, &wcdb, DataDir::Write, len as u32, data.clone()),
+    )
+    .await
+    .expect("write");
     assert_good(&format!("write {len} B at {lba}"), &r);
     assert!(!r.overflow && !r.underflow, "write residual flags: {r:?}");
     let rcdb = if use16 {
@@ -31,9 +34,12 @@ async fn round_trip(s: &Session, lba: u64, len: usize, seed: u64, use16: bool) {
     } else {
         read16(lba, blocks)
     };
-    let r = within("read", s.command(0, &rcdb, DataDir::Read, len as u32, Bytes::new()))
-        .await
-        .expect("read");
+    let r = within(
+        "read",
+        s.command(0, &rcdb, DataDir::Read, len as u32, Bytes::new()),
+    )
+    .await
+    .expect("read");
     assert_good(&format!("read {len} B at {lba}"), &r);
     assert!(!r.overflow && !r.underflow, "read residual flags");
     assert_same(&format!("{len} B at LBA {lba}"), &r.data, &data);
@@ -54,7 +60,11 @@ async fn read_write_10_and_16_round_trips() {
     round_trip(&s, VOLUME_BLOCKS - 8, 4096, 42, true).await;
     // Earlier data is intact after later writes.
     let first = read_at(&s, 0, 1).await;
-    assert_same("LBA 0 still holds the first pattern", &first, &pattern(0, 512));
+    assert_same(
+        "LBA 0 still holds the first pattern",
+        &first,
+        &pattern(0, 512),
+    );
     srv.shutdown().await.unwrap();
 }
 
@@ -80,9 +90,7 @@ async fn r2t_matrix(digests: bool, limits: &[(u32, u32, u32)]) {
                     .key("FirstBurstLength", &fbl.to_string())
                     .key("MaxRecvDataSegmentLength", &mrdsl.to_string());
                 if digests {
-                    c = c
-                        .key("HeaderDigest", "CRC32C")
-                        .key("DataDigest", "CRC32C");
+                    c = c.key("HeaderDigest", "CRC32C").key("DataDigest", "CRC32C");
                 }
                 let s = login_with(addr, c).await;
                 let p = s.params();
@@ -168,10 +176,12 @@ async fn two_sessions_interleaved_then_cross_verified() {
             assert_same("own chunk", &got, &pattern(20_000 + i as u64, CHUNK));
         }
     };
-    let (ra, rb) = within(
-        "concurrent sessions",
-        async { tokio::join!(tokio::spawn(run(a.clone(), 0)), tokio::spawn(run(b.clone(), 1))) },
-    )
+    let (ra, rb) = within("concurrent sessions", async {
+        tokio::join!(
+            tokio::spawn(run(a.clone(), 0)),
+            tokio::spawn(run(b.clone(), 1))
+        )
+    })
     .await;
     ra.unwrap();
     rb.unwrap();
@@ -252,7 +262,13 @@ async fn write_residuals() {
     let more = pattern(6, 2048);
     let r = within(
         "long write",
-        s.command(0, &write10(300, 2, false), DataDir::Write, 2048, more.clone()),
+        s.command(
+            0,
+            &write10(300, 2, false),
+            DataDir::Write,
+            2048,
+            more.clone(),
+        ),
     )
     .await
     .unwrap();
@@ -272,7 +288,13 @@ async fn fua_write_and_synchronize_cache() {
     let data = pattern(31, 8192);
     let r = within(
         "fua write",
-        s.command(0, &write10(64, 16, true), DataDir::Write, 8192, data.clone()),
+        s.command(
+            0,
+            &write10(64, 16, true),
+            DataDir::Write,
+            8192,
+            data.clone(),
+        ),
     )
     .await
     .unwrap();
@@ -294,7 +316,10 @@ async fn out_of_range_read_is_illegal_request() {
     let s = login(addr, INITIATOR).await;
     for (cdb, what) in [
         (read10(VOLUME_BLOCKS as u32, 1), "READ(10) at capacity"),
-        (read10(VOLUME_BLOCKS as u32 - 1, 2), "READ(10) across the end"),
+        (
+            read10(VOLUME_BLOCKS as u32 - 1, 2),
+            "READ(10) across the end",
+        ),
         (read16(VOLUME_BLOCKS, 1), "READ(16) at capacity"),
         (read16(u64::MAX, 1), "READ(16) at LBA 2^64-1"),
     ] {

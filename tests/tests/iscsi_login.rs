@@ -35,16 +35,25 @@ async fn digests_negotiate_crc32c_or_none() {
     assert!(!p.header_digest && p.data_digest);
     let p = negotiate(
         addr,
-        &[("HeaderDigest", "CRC32C,None"), ("DataDigest", "CRC32C,None")],
+        &[
+            ("HeaderDigest", "CRC32C,None"),
+            ("DataDigest", "CRC32C,None"),
+        ],
     )
     .await;
     assert!(p.header_digest && p.data_digest, "first choice wins: {p:?}");
     let p = negotiate(
         addr,
-        &[("HeaderDigest", "None,CRC32C"), ("DataDigest", "None,CRC32C")],
+        &[
+            ("HeaderDigest", "None,CRC32C"),
+            ("DataDigest", "None,CRC32C"),
+        ],
     )
     .await;
-    assert!(!p.header_digest && !p.data_digest, "first choice wins: {p:?}");
+    assert!(
+        !p.header_digest && !p.data_digest,
+        "first choice wins: {p:?}"
+    );
     srv.shutdown().await.unwrap();
 }
 
@@ -155,7 +164,10 @@ async fn discovery_send_targets_lists_the_portal() {
 
 fn expect_refused(r: Result<vtgt_initiator::Session, SessionError>, class: u8, detail: u8) {
     match r {
-        Err(SessionError::Login { class: c, detail: d }) => {
+        Err(SessionError::Login {
+            class: c,
+            detail: d,
+        }) => {
             assert_eq!((c, d), (class, detail), "login status")
         }
         Err(e) => panic!("expected login status {class}/{detail}, got {e}"),
@@ -203,7 +215,11 @@ async fn chap_one_way() {
     let (srv, addr) = start(cfg).await;
     let s = login_with(addr, with_chap("alice", SECRET)).await;
     check_healthy(&s, 0, 2).await;
-    expect_refused(try_login(addr, with_chap("alice", "wrong-secret-xyz")).await, 2, 1);
+    expect_refused(
+        try_login(addr, with_chap("alice", "wrong-secret-xyz")).await,
+        2,
+        1,
+    );
     expect_refused(try_login(addr, with_chap("mallory", SECRET)).await, 2, 1);
     // No CHAP offered at all: no security stage.
     let r = try_login(addr, lcfg(INITIATOR, Some(TARGET))).await;
@@ -298,7 +314,10 @@ async fn reinstatement_closes_the_old_session() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(old.is_closed(), "old session still open after reinstatement");
+    assert!(
+        old.is_closed(),
+        "old session still open after reinstatement"
+    );
     let r = within(
         "command on reinstated session",
         old.command(0, &read10(0, 1), DataDir::Read, 512, Bytes::new()),

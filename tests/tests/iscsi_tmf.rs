@@ -11,9 +11,12 @@ use vtgt_initiator::iscsi::{DataDir, Session};
 use vtgt_protocol::iscsi::pdu::{self, tmf, Pdu, RESERVED_TAG};
 
 async fn tmf_call(s: &Session, function: u8, lun: u64, rtt: u32, ref_cmdsn: u32) -> u8 {
-    within("task management", s.task_mgmt(function, lun, rtt, ref_cmdsn))
-        .await
-        .expect("TMF response")
+    within(
+        "task management",
+        s.task_mgmt(function, lun, rtt, ref_cmdsn),
+    )
+    .await
+    .expect("TMF response")
 }
 
 async fn tur(s: &Session, lun: u64) -> vtgt_initiator::CommandResult {
@@ -31,7 +34,11 @@ async fn abort_task_for_unknown_task_outside_window() {
     let s = login(addr, INITIATOR).await;
     check_healthy(&s, 0, 1).await;
     let next = s.peek_cmdsn();
-    for ref_cmdsn in [next.wrapping_add(1000), next.wrapping_sub(1), next.wrapping_sub(20)] {
+    for ref_cmdsn in [
+        next.wrapping_add(1000),
+        next.wrapping_sub(1),
+        next.wrapping_sub(20),
+    ] {
         let r = tmf_call(&s, tmf::ABORT_TASK, 0, 0x00ab_cdef, ref_cmdsn).await;
         assert_eq!(r, tmf::TASK_DOES_NOT_EXIST, "RefCmdSN {ref_cmdsn}");
     }
@@ -44,7 +51,10 @@ async fn task_set_functions_complete() {
     let (srv, addr) = start_mem().await;
     let s = login(addr, INITIATOR).await;
     for f in [tmf::ABORT_TASK_SET, tmf::CLEAR_TASK_SET] {
-        assert_eq!(tmf_call(&s, f, 0, RESERVED_TAG, 0).await, tmf::FUNCTION_COMPLETE);
+        assert_eq!(
+            tmf_call(&s, f, 0, RESERVED_TAG, 0).await,
+            tmf::FUNCTION_COMPLETE
+        );
         check_healthy(&s, 0, f as u64).await;
     }
     srv.shutdown().await.unwrap();

@@ -420,7 +420,10 @@ impl RawConn {
                 Got::Silent => break,
             }
         }
-        panic!("connection still open after {wait:?}; got {} PDUs", seen.len());
+        panic!(
+            "connection still open after {wait:?}; got {} PDUs",
+            seen.len()
+        );
     }
 
     pub fn next_cmdsn(&mut self) -> u32 {
