@@ -514,7 +514,8 @@ async fn random_blobs_do_not_hurt_the_server() {
     }
     for (round, chunk) in blobs.chunks(PARALLEL).enumerate() {
         let mut set = tokio::task::JoinSet::new();
-        for b in chunk.iter().cloned() {
+        for b in chunk {
+            let b = b.clone();
             set.spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 let _ = s.write_all(&b).await;

@@ -73,7 +73,8 @@ async fn max_recv_data_segment_length_is_declared_per_direction() {
 async fn burst_lengths_take_the_minimum_and_first_never_exceeds_max() {
     let (srv, addr) = start_mem().await;
     // (MaxBurstLength, FirstBurstLength) proposed -> expected.
-    let cases: &[((u32, u32), (u32, u32))] = &[
+    type Case = ((u32, u32), (u32, u32));
+    let cases: &[Case] = &[
         ((1 << 20, 65_536), (1 << 20, 65_536)),
         ((4096, 4096), (4096, 4096)),
         ((16_777_215, 16_777_215), (1 << 20, 65_536)),
