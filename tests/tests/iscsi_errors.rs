@@ -536,3 +536,185 @@ async fn random_blobs_do_not_hurt_the_server() {
     check_healthy(&fresh, 400, 99).await;
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn commands_arriving_out_of_cmdsn_order_wait_for_the_gap() {
+    let (srv, addr) = start_mem().await;
+    let s = std::sync::Arc::new(
+        login_with(
+            addr,
+            lcfg(INITIATOR, Some(TARGET))
+                .key("InitialR2T", "Yes")
+                .key("ImmediateData", "No"),
+        )
+        .await,
+    );
+    prime_window(&s).await;
+    let data = pattern(100, 8192);
+    // n: TEST UNIT READY, n+1: a WRITE that needs an R2T. Send n+1 first.
+    let itt_a = s.alloc_itt();
+    let (_, first) = s
+        .build_command(0, &test_unit_ready(), DataDir::None, 0, Bytes::new(), itt_a)
+        .await
+        .unwrap();
+    let itt_b = s.alloc_itt();
+    let (_, second) = s
+        .build_command(
+            0,
+            &write10(40, 16, false),
+            DataDir::Write,
+            8192,
+            data.clone(),
+            itt_b,
+        )
+        .await
+        .unwrap();
+    let late = {
+        let s = s.clone();
+        let data = data.clone();
+        tokio::spawn(async move { s.exchange_scsi(itt_b, 0, data, &second).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !late.is_finished(),
+        "command n+1 completed before command n arrived"
+    );
+    let r = within("command n", s.exchange_scsi(itt_a, 0, Bytes::new(), &first))
+        .await
+        .unwrap();
+    assert_good("command n", &r);
+    let r = within("command n+1", late).await.unwrap().unwrap();
+    assert_good("command n+1", &r);
+    assert_same("deferred write", &read_at(&s, 40, 16).await, &data);
+    srv.shutdown().await.unwrap();
+}
+
+/// Sends a write of `len` bytes at `lba` whose unsolicited Data-Out PDUs
+/// are `(datasn, offset, len, final)`, without answering R2Ts; returns the
+/// command's result.
+async fn write_with_data_outs(
+    s: &Session,
+    lba: u32,
+    data: &Bytes,
+    outs: &[(u32, usize, usize, bool)],
+) -> vtgt_initiator::CommandResult {
+    let itt = s.alloc_itt();
+    let blocks = (data.len() / BLOCK) as u16;
+    let (_, pdus) = s
+        .build_command(
+            0,
+            &write10(lba, blocks, false),
+            DataDir::Write,
+            data.len() as u32,
+            data.clone(),
+            itt,
+        )
+        .await
+        .unwrap();
+    // Keep the command (F=0: unsolicited data follows), replace its data.
+    assert!(!pdus[0].bhs.final_bit());
+    let mut sent = vec![pdus[0].clone()];
+    for &(datasn, off, len, final_bit) in outs {
+        let d = pdu::DataOut {
+            final_bit,
+            lun: 0,
+            itt,
+            ttt: RESERVED_TAG,
+            exp_statsn: 0,
+            datasn,
+            offset: off as u32,
+        };
+        sent.push(Pdu::new(d.to_bhs(), data.slice(off..off + len)));
+    }
+    within(
+        "write with crafted data-out",
+        s.exchange_scsi(itt, 0, Bytes::new(), &sent),
+    )
+    .await
+    .expect("a SCSI response")
+}
+
+#[tokio::test]
+async fn unsolicited_data_beyond_first_burst_or_at_wrong_offset_fails() {
+    let (srv, addr) = start_mem().await;
+    let healthy = login(addr, INITIATOR_B).await;
+    let s = login_with(
+        addr,
+        lcfg(INITIATOR, Some(TARGET))
+            .key("InitialR2T", "No")
+            .key("ImmediateData", "No")
+            .key("FirstBurstLength", "8192"),
+    )
+    .await;
+    assert_eq!(s.params().first_burst_length, 8192);
+    let old = seed_old(&healthy, 1200, 110, 16384).await;
+    let new = pattern(111, 16384);
+    // (case, Data-Out PDUs, expected ASC/ASCQ under ABORTED COMMAND)
+    type Case = (&'static str, Vec<(u32, usize, usize, bool)>, (u8, u8));
+    let cases: [Case; 3] = [
+        // SPC-4: 4Bh/02h TOO MUCH WRITE DATA.
+        (
+            "all 16 KiB unsolicited",
+            vec![(0, 0, 16384, true)],
+            (0x4b, 0x02),
+        ),
+        // SPC-4: 4Bh/05h DATA OFFSET ERROR.
+        (
+            "second PDU repeats offset 0",
+            vec![(0, 0, 4096, false), (1, 0, 4096, true)],
+            (0x4b, 0x05),
+        ),
+        (
+            "second PDU skips 4 KiB",
+            vec![(0, 0, 2048, false), (1, 4096, 4096, true)],
+            (0x4b, 0x05),
+        ),
+    ];
+    for (what, outs, (asc, ascq)) in cases {
+        let r = write_with_data_outs(&s, 1200, &new, &outs).await;
+        assert_eq!(r.status, CHECK_CONDITION, "{what}");
+        assert_eq!(r.sense_key(), Some((0x0b, asc, ascq)), "{what}");
+        assert_same(what, &read_at(&healthy, 1200, 32).await, &old);
+        check_healthy(&s, 0, 112).await;
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn immediate_data_when_not_negotiated_is_rejected() {
+    let (srv, addr) = start_mem().await;
+    let healthy = login(addr, INITIATOR_B).await;
+    let s = login_with(
+        addr,
+        lcfg(INITIATOR, Some(TARGET)).key("ImmediateData", "No"),
+    )
+    .await;
+    assert!(!s.params().immediate_data);
+    let old = seed_old(&healthy, 1300, 120, 4096).await;
+    let itt = s.alloc_itt();
+    let data = pattern(121, 4096);
+    let (_, pdus) = s
+        .build_command(
+            0,
+            &write10(1300, 8, false),
+            DataDir::Write,
+            4096,
+            Bytes::new(),
+            itt,
+        )
+        .await
+        .unwrap();
+    let mut bhs = pdus[0].bhs;
+    bhs.set_flags(bhs.flags() | 0x80);
+    let r = within(
+        "immediate data not negotiated",
+        s.exchange_scsi(itt, 0, data.clone(), &[Pdu::new(bhs, data)]),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(vtgt_initiator::SessionError::Rejected(0x04))),
+        "{r:?}"
+    );
+    assert_same("rejected write", &read_at(&healthy, 1300, 8).await, &old);
+    srv.shutdown().await.unwrap();
+}

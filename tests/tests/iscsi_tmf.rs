@@ -191,3 +191,37 @@ async fn nop_out_ping_echoes_data() {
     check_healthy(&s, 0, 7).await;
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn abort_task_of_a_command_waiting_for_its_cmdsn() {
+    let (srv, addr) = start_mem().await;
+    let s = Arc::new(login(addr, INITIATOR).await);
+    prime_window(&s).await;
+    let n = s.peek_cmdsn();
+    // Skip CmdSN n: the command with n+1 waits in the target.
+    s.set_cmdsn(n.wrapping_add(1));
+    let itt = s.alloc_itt();
+    let (h, pdus) = s
+        .build_command(0, &read10(0, 8), DataDir::Read, 4096, Bytes::new(), itt)
+        .await
+        .unwrap();
+    assert_eq!(h.cmdsn, n.wrapping_add(1));
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(1500), s.exchange(itt, &pdus)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.set_cmdsn(n);
+    let r = tmf_call(&s, tmf::ABORT_TASK, 0, itt, h.cmdsn).await;
+    assert_eq!(r, tmf::FUNCTION_COMPLETE);
+    // Fill the gap: command n runs, the aborted n+1 is skipped, and the
+    // window moves on to n+2.
+    assert_good("command n", &tur(&s, 0).await);
+    s.set_cmdsn(n.wrapping_add(2));
+    check_healthy(&s, 0, 50).await;
+    let got = within("waiter", waiter).await.unwrap();
+    assert!(got.is_err(), "the aborted command was answered: {got:?}");
+    srv.shutdown().await.unwrap();
+}

@@ -475,3 +475,11 @@ pub async fn until_closed(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
     assert!(r.is_ok(), "connection not closed within {wait:?}");
     seen
 }
+
+/// Learns the target's real CmdSN window with an immediate NOP-Out: the
+/// initiator starts with MaxCmdSN = 1 and only updates it from responses.
+pub async fn prime_window(s: &Session) {
+    within("priming NOP", s.nop(Bytes::new()))
+        .await
+        .expect("NOP-In");
+}
