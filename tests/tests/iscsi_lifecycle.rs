@@ -145,3 +145,31 @@ async fn thirty_two_sessions_at_once() {
     }
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn nop_in_pings_keep_live_sessions_and_drop_silent_ones() {
+    let mut cfg = mem_config();
+    cfg.iscsi.nop_interval_secs = 1;
+    let (srv, addr) = start(cfg).await;
+    let live = login(addr, INITIATOR).await;
+    // A raw connection that never answers the target's pings.
+    let mut silent = RawConn::login(addr, INITIATOR_B, &[]).await;
+    let t0 = Instant::now();
+    let seen = silent.expect_close(Duration::from_secs(8)).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "dropped before any ping could be missed: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        !seen.is_empty()
+            && seen.iter().all(|p| p.bhs.opcode()
+                == Some(vtgt_protocol::iscsi::pdu::Opcode::NopIn)
+                && p.bhs.itt() == vtgt_protocol::iscsi::pdu::RESERVED_TAG),
+        "only unanswered NOP-In pings expected before the drop"
+    );
+    // The initiator answers its pings, so its session is alive.
+    assert!(!live.is_closed());
+    check_healthy(&live, 0, 500).await;
+    srv.shutdown().await.unwrap();
+}

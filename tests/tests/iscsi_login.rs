@@ -330,3 +330,32 @@ async fn reinstatement_closes_the_old_session() {
     assert!(!other.is_closed());
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn send_targets_longer_than_one_pdu_is_continued() {
+    let mut cfg = mem_config();
+    for i in 0..40 {
+        cfg.targets.push(target(
+            &format!("iqn.2026-11.org.vtgt:a-rather-long-target-name-for-continuation-{i:03}"),
+            "v0",
+        ));
+    }
+    let (srv, addr) = start(cfg).await;
+    // Text responses to us may carry at most 512 bytes each.
+    let s = login_with(
+        addr,
+        lcfg(INITIATOR, None).key("MaxRecvDataSegmentLength", "512"),
+    )
+    .await;
+    assert_eq!(s.params().initiator_max_recv_data_segment_length, 512);
+    let list = within("sendtargets", s.send_targets()).await.unwrap();
+    assert_eq!(list.len(), 41, "{list:?}");
+    let want = format!("127.0.0.1:{},1", addr.port());
+    for i in 0..40 {
+        let name =
+            format!("iqn.2026-11.org.vtgt:a-rather-long-target-name-for-continuation-{i:03}");
+        let e = list.iter().find(|(n, _)| *n == name).expect("listed");
+        assert_eq!(e.1, vec![want.clone()]);
+    }
+    srv.shutdown().await.unwrap();
+}
