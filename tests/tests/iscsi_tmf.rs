@@ -225,3 +225,142 @@ async fn abort_task_of_a_command_waiting_for_its_cmdsn() {
     assert!(got.is_err(), "the aborted command was answered: {got:?}");
     srv.shutdown().await.unwrap();
 }
+
+/// Sends a WRITE(10) of 4 KiB at `lba` on `s` (InitialR2T=Yes,
+/// ImmediateData=No) without answering the target's R2T; returns the ITT
+/// and a task waiting (up to `wait`) for any answer to it.
+async fn open_write(
+    s: &Arc<Session>,
+    lba: u32,
+    data: &Bytes,
+    wait: Duration,
+) -> (
+    u32,
+    tokio::task::JoinHandle<
+        Result<Result<Pdu, vtgt_initiator::SessionError>, tokio::time::error::Elapsed>,
+    >,
+) {
+    let itt = s.alloc_itt();
+    let (_, pdus) = s
+        .build_command(
+            0,
+            &write10(lba, 8, false),
+            DataDir::Write,
+            4096,
+            data.clone(),
+            itt,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pdus.len(), 1);
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { tokio::time::timeout(wait, s.exchange(itt, &pdus)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (itt, waiter)
+}
+
+/// The Data-Out answering the first R2T of a fresh connection (TTT 1).
+fn first_burst_data_out(itt: u32, data: &Bytes) -> Pdu {
+    let d = pdu::DataOut {
+        final_bit: true,
+        lun: 0,
+        itt,
+        ttt: 1,
+        exp_statsn: 0,
+        datasn: 0,
+        offset: 0,
+    };
+    Pdu::new(d.to_bhs(), data.clone())
+}
+
+async fn r2t_session(addr: std::net::SocketAddr, name: &str) -> Arc<Session> {
+    let s = login_with(
+        addr,
+        lcfg(name, Some(TARGET))
+            .key("InitialR2T", "Yes")
+            .key("ImmediateData", "No"),
+    )
+    .await;
+    assert!(s.params().initial_r2t && !s.params().immediate_data);
+    Arc::new(s)
+}
+
+async fn third_party_abort_of_write_waiting_for_data(function: u8) {
+    let (srv, addr) = start_mem().await;
+    let a = login(addr, INITIATOR).await;
+    let old = pattern(60, 4096);
+    write_at(&a, 800, old.clone()).await;
+    let new = pattern(61, 4096);
+
+    // Control: on a fresh connection the hand-made Data-Out (TTT 1)
+    // completes such a write.
+    let c = r2t_session(addr, "iqn.2026-11.org.vtgt.host:control").await;
+    let (itt, waiter) = open_write(&c, 900, &new, STEP).await;
+    c.send_raw(&[first_burst_data_out(itt, &new)])
+        .await
+        .unwrap();
+    let rsp = within("control write", waiter)
+        .await
+        .unwrap()
+        .expect("answer")
+        .unwrap();
+    assert_eq!(pdu::ScsiResponse::parse(&rsp.bhs).status, GOOD);
+    assert_same("control write", &read_at(&a, 900, 8).await, &new);
+
+    // Now the same on B, but A's TMF aborts B's task while it waits for data.
+    let b = r2t_session(addr, INITIATOR_B).await;
+    let (itt, waiter) = open_write(&b, 800, &new, Duration::from_millis(1500)).await;
+    let r = tmf_call(&a, function, 0, RESERVED_TAG, 0).await;
+    assert_eq!(r, tmf::FUNCTION_COMPLETE);
+    // B's data arrives after its task was aborted.
+    b.send_raw(&[first_burst_data_out(itt, &new)])
+        .await
+        .unwrap();
+    let _ = within("waiter", waiter).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_same(
+        &format!("a write aborted by TMF {function} must not reach the medium"),
+        &read_at(&a, 800, 8).await,
+        &old,
+    );
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lun_reset_from_another_session_aborts_a_write_waiting_for_data() {
+    third_party_abort_of_write_waiting_for_data(tmf::LOGICAL_UNIT_RESET).await;
+}
+
+#[tokio::test]
+#[ignore = "bug: CLEAR TASK SET from another session leaves the aborted write's data transfer open; the write is executed when its Data-Out arrives (target/src/iscsi/tmr.rs)"]
+async fn clear_task_set_from_another_session_aborts_a_write_waiting_for_data() {
+    third_party_abort_of_write_waiting_for_data(tmf::CLEAR_TASK_SET).await;
+}
+
+#[tokio::test]
+async fn abort_task_set_aborts_own_write_waiting_for_data() {
+    let (srv, addr) = start_mem().await;
+    let a = login(addr, INITIATOR).await;
+    let old = pattern(70, 4096);
+    write_at(&a, 1000, old.clone()).await;
+    let new = pattern(71, 4096);
+    let b = r2t_session(addr, INITIATOR_B).await;
+    let (itt, waiter) = open_write(&b, 1000, &new, Duration::from_millis(1500)).await;
+    let r = tmf_call(&b, tmf::ABORT_TASK_SET, 0, RESERVED_TAG, 0).await;
+    assert_eq!(r, tmf::FUNCTION_COMPLETE);
+    b.send_raw(&[first_burst_data_out(itt, &new)])
+        .await
+        .unwrap();
+    let got = within("waiter", waiter).await.unwrap();
+    assert!(got.is_err(), "aborted write answered: {got:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_same(
+        "aborted by ABORT TASK SET",
+        &read_at(&a, 1000, 8).await,
+        &old,
+    );
+    check_healthy(&b, 0, 72).await;
+    srv.shutdown().await.unwrap();
+}
