@@ -609,3 +609,84 @@ async fn data_in_and_r2t_sequences_respect_negotiated_limits() {
     assert_same("raw read back", &got, &data);
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn maximum_transfer_length_is_advertised_and_enforced() {
+    let (srv, addr) = start_mem().await;
+    let s = login(addr, INITIATOR).await;
+    // Block Limits VPD page: MAXIMUM TRANSFER LENGTH in blocks.
+    let inquiry = [0x12u8, 0x01, 0xb0, 0x00, 0xff, 0x00];
+    let r = within(
+        "INQUIRY B0h",
+        s.command(0, &inquiry, DataDir::Read, 255, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_good("INQUIRY B0h", &r);
+    assert_eq!(r.data[1], 0xb0);
+    let max = u32::from_be_bytes(r.data[8..12].try_into().unwrap());
+    assert!(
+        max > 0 && (max as u64) < VOLUME_BLOCKS,
+        "max transfer {max}"
+    );
+    // Exactly the maximum works.
+    let len = max as usize * BLOCK;
+    let data = pattern(700, len);
+    let r = within(
+        "max write",
+        s.command(
+            0,
+            &write16(0, max),
+            DataDir::Write,
+            len as u32,
+            data.clone(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_good("write of the maximum transfer length", &r);
+    let r = within(
+        "max read",
+        s.command(0, &read16(0, max), DataDir::Read, len as u32, Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_good("read of the maximum transfer length", &r);
+    assert_same("max transfer", &r.data, &data);
+    // One block more: INVALID FIELD IN CDB, nothing written.
+    let over = len + BLOCK;
+    let r = within(
+        "oversized read",
+        s.command(
+            0,
+            &read16(0, max + 1),
+            DataDir::Read,
+            over as u32,
+            Bytes::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(r.sense_key(), Some((0x05, 0x24, 0x00)));
+    let r = within(
+        "oversized write",
+        s.command(
+            0,
+            &write16(0, max + 1),
+            DataDir::Write,
+            over as u32,
+            pattern(701, over),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(r.sense_key(), Some((0x05, 0x24, 0x00)));
+    assert_same(
+        "after refused write",
+        &read_at(&s, 0, 8).await,
+        &data[..4096],
+    );
+    srv.shutdown().await.unwrap();
+}

@@ -359,3 +359,46 @@ async fn send_targets_longer_than_one_pdu_is_continued() {
     }
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn login_to_a_nonexistent_tsih_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    use vtgt_protocol::iscsi::pdu::{self, Digests, Pdu};
+    let (srv, addr) = start_mem().await;
+    let live = login(addr, INITIATOR).await;
+    let mut keys = Vec::new();
+    for (k, v) in [
+        ("InitiatorName", INITIATOR),
+        ("TargetName", TARGET),
+        ("SessionType", "Normal"),
+    ] {
+        keys.extend_from_slice(format!("{k}={v}\0").as_bytes());
+    }
+    for tsih in [0x7777u16, live.tsih.wrapping_add(100)] {
+        let h = pdu::LoginRequestHdr {
+            transit: true,
+            cont: false,
+            csg: 1,
+            nsg: 3,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 0x44, 0x44],
+            tsih,
+            itt: 1,
+            cid: 1,
+            cmdsn: 1,
+            exp_statsn: 0,
+        };
+        let mut out = bytes::BytesMut::new();
+        Pdu::new(h.to_bhs(), Bytes::from(keys.clone())).encode(&mut out, Digests::default());
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&out).await.unwrap();
+        let seen = until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(seen.len() >= 48, "no Login Response");
+        assert_eq!(seen[0] & 0x3f, 0x23);
+        // RFC 7143 §11.13.5: 0x020a Session Does Not Exist.
+        assert_eq!((seen[36], seen[37]), (2, 0x0a), "TSIH {tsih:#x}");
+    }
+    check_healthy(&live, 0, 11).await;
+    srv.shutdown().await.unwrap();
+}
