@@ -70,25 +70,27 @@ async fn read_write_10_and_16_round_trips() {
 
 const SIZES: [usize; 4] = [512, 8192, 300 * 1024, (1 << 20) + 512];
 
-/// (MaxBurstLength, FirstBurstLength, initiator MaxRecvDataSegmentLength)
-const LIMITS: [(u32, u32, u32); 3] = [
-    (1 << 20, 65_536, 262_144),
-    (16_384, 8192, 4096),
-    (4096, 512, 512),
+/// (MaxBurstLength, FirstBurstLength, initiator MaxRecvDataSegmentLength,
+/// MaxOutstandingR2T)
+const LIMITS: [(u32, u32, u32, u16); 3] = [
+    (1 << 20, 65_536, 262_144, 1),
+    (16_384, 8192, 4096, 4),
+    (4096, 512, 512, 16),
 ];
 
-async fn r2t_matrix(digests: bool, limits: &[(u32, u32, u32)]) {
+async fn r2t_matrix(digests: bool, limits: &[(u32, u32, u32, u16)]) {
     let (srv, addr) = start_mem().await;
     let mut seed = if digests { 5000 } else { 1000 };
     for imm in ["Yes", "No"] {
         for ir2t in ["Yes", "No"] {
-            for &(mbl, fbl, mrdsl) in limits {
+            for &(mbl, fbl, mrdsl, r2ts) in limits {
                 let mut c = lcfg(INITIATOR, Some(TARGET))
                     .key("ImmediateData", imm)
                     .key("InitialR2T", ir2t)
                     .key("MaxBurstLength", &mbl.to_string())
                     .key("FirstBurstLength", &fbl.to_string())
-                    .key("MaxRecvDataSegmentLength", &mrdsl.to_string());
+                    .key("MaxRecvDataSegmentLength", &mrdsl.to_string())
+                    .key("MaxOutstandingR2T", &r2ts.to_string());
                 if digests {
                     c = c.key("HeaderDigest", "CRC32C").key("DataDigest", "CRC32C");
                 }
@@ -98,6 +100,7 @@ async fn r2t_matrix(digests: bool, limits: &[(u32, u32, u32)]) {
                 assert_eq!(p.initial_r2t, ir2t == "Yes");
                 assert_eq!((p.max_burst_length, p.first_burst_length), (mbl, fbl));
                 assert_eq!(p.initiator_max_recv_data_segment_length, mrdsl);
+                assert_eq!(p.max_outstanding_r2t, r2ts);
                 assert_eq!((p.header_digest, p.data_digest), (digests, digests));
                 let mut lba = 0u64;
                 for len in SIZES {
@@ -117,12 +120,25 @@ async fn r2t_flows_for_every_immediate_and_initial_r2t_combination() {
     r2t_matrix(false, &LIMITS).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2t_flows_on_a_multi_threaded_runtime() {
+    r2t_matrix(false, &[(16_384, 8192, 4096, 1), (4096, 512, 512, 1)]).await;
+}
+
+/// With several R2Ts outstanding the initiator must still send the data
+/// sequences in offset order (DataSequenceInOrder=Yes, RFC 7143 §13.19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug (initiator): each R2T is answered from its own spawned task, so on a multi-threaded runtime a later R2T's Data-Out can overtake an earlier one; the target then fails the write with DATA OFFSET ERROR"]
+async fn r2t_flows_with_several_outstanding_r2ts_on_a_multi_threaded_runtime() {
+    r2t_matrix(false, &LIMITS[1..]).await;
+}
+
 #[tokio::test]
 async fn r2t_flows_with_header_and_data_digests() {
     r2t_matrix(true, &LIMITS[1..]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_commands_in_flight() {
     let (srv, addr) = start_mem().await;
     let s = Arc::new(login(addr, INITIATOR).await);
@@ -160,7 +176,7 @@ async fn sixty_four_commands_in_flight() {
     srv.shutdown().await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_interleaved_then_cross_verified() {
     let (srv, addr) = start_mem().await;
     let a = Arc::new(login(addr, INITIATOR).await);
@@ -348,7 +364,7 @@ async fn out_of_range_read_is_illegal_request() {
     srv.shutdown().await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_commands_than_the_cmdsn_window() {
     let (srv, addr) = start_mem().await;
     let s = Arc::new(login(addr, INITIATOR).await);
