@@ -619,6 +619,9 @@ impl Session {
 }
 
 async fn send(inner: &Inner, pdus: &[Pdu]) -> Result<(), SessionError> {
+    if inner.closed.load(Ordering::Acquire) {
+        return Err(SessionError::Closed);
+    }
     let mut g = inner.wr.lock().await;
     let (wr, buf) = &mut *g;
     buf.clear();
