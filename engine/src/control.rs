@@ -268,7 +268,12 @@ impl LuControl {
     async fn republish(&self, st: &CpState) {
         let mut next = AccessState::open();
         next.default = st.pr.default_media();
-        for n in st.known.iter().chain(st.notices.keys()).chain(st.blocked.iter()) {
+        for n in st
+            .known
+            .iter()
+            .chain(st.notices.keys())
+            .chain(st.blocked.iter())
+        {
             let a = if st.notices.contains_key(n) || st.blocked.contains(n) {
                 Access::NONE
             } else {

@@ -13,9 +13,9 @@ pub mod error;
 pub mod extent;
 pub mod fastpath;
 pub mod fault;
-pub mod reservation;
 pub mod journal;
 pub mod rangelock;
+pub mod reservation;
 pub mod volume;
 
 pub use backend::{Backend, FileBackend, MemBackend};
@@ -23,8 +23,8 @@ pub use control::{LuControl, Notice};
 pub use error::EngineError;
 pub use fastpath::{Access, AccessState, Admission, Exposure, IoKind};
 pub use fault::{FaultCounters, FaultReason};
-pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
 pub use rangelock::{RangeGuard, RangeLocks};
+pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
 pub use volume::Volume;
 
 /// Identity of an I_T nexus (or NVMe host/controller pair), assigned by the

@@ -134,6 +134,8 @@ struct Inner {
     digests: Digests,
     closed: AtomicBool,
     rejects: Mutex<Vec<(u8, Bhs)>>,
+    /// Data-Out answering R2Ts, sent in order by one task.
+    data_out: tokio::sync::mpsc::UnboundedSender<Vec<Pdu>>,
 }
 
 pub struct Session {
@@ -201,6 +203,7 @@ impl Session {
         let mut exp_statsn = 0u32;
         let mut first = true;
         let mut tsih: u16;
+        let mut window: (u32, u32);
         let params = loop {
             let Some(req) = login.next_request() else {
                 return Err(SessionError::LoginProtocol("no request to send".into()));
@@ -233,6 +236,7 @@ impl Session {
             if first || r.status_class == 0 {
                 exp_statsn = r.statsn.wrapping_add(1);
             }
+            window = (r.exp_cmdsn, r.max_cmdsn);
             first = false;
             if r.status_class != 0 {
                 return Err(SessionError::Login {
@@ -265,10 +269,11 @@ impl Session {
             header: params.header_digest,
             data: params.data_digest,
         };
+        let (data_out, mut data_out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Pdu>>();
         let inner = Arc::new(Inner {
             wr: tokio::sync::Mutex::new((wr, BytesMut::with_capacity(64 * 1024))),
-            next_cmdsn: AtomicU32::new(1),
-            max_cmdsn: AtomicU32::new(1),
+            next_cmdsn: AtomicU32::new(window.0),
+            max_cmdsn: AtomicU32::new(window.1),
             exp_statsn: AtomicU32::new(exp_statsn),
             window: Notify::new(),
             next_itt: AtomicU32::new(0x100),
@@ -277,6 +282,16 @@ impl Session {
             digests,
             closed: AtomicBool::new(false),
             rejects: Mutex::new(Vec::new()),
+            data_out,
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(pdus) = data_out_rx.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                if send(&inner, &pdus).await.is_err() {
+                    break;
+                }
+            }
         });
         let rcfg = FrameConfig {
             digests,
@@ -756,31 +771,30 @@ async fn handle_pdu(inner: &Arc<Inner>, p: Pdu) {
                 _ => None,
             };
             if let Some((src, lun)) = src {
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    let max = inner.params.target_max_recv_data_segment_length.max(512) as usize;
-                    let mut pdus = Vec::new();
-                    let start = r.offset as usize;
-                    let end = (start + r.length as usize).min(src.len());
-                    let mut off = start;
-                    let mut datasn = 0;
-                    while off < end {
-                        let len = (end - off).min(max);
-                        let d = pdu::DataOut {
-                            final_bit: off + len == end,
-                            lun,
-                            itt: r.itt,
-                            ttt: r.ttt,
-                            exp_statsn: 0,
-                            datasn,
-                            offset: off as u32,
-                        };
-                        pdus.push(Pdu::new(d.to_bhs(), src.slice(off..off + len)));
-                        datasn += 1;
-                        off += len;
-                    }
-                    let _ = send(&inner, &pdus).await;
-                });
+                let max = inner.params.target_max_recv_data_segment_length.max(512) as usize;
+                let mut pdus = Vec::new();
+                let start = r.offset as usize;
+                let end = (start + r.length as usize).min(src.len());
+                let mut off = start;
+                let mut datasn = 0;
+                while off < end {
+                    let len = (end - off).min(max);
+                    let d = pdu::DataOut {
+                        final_bit: off + len == end,
+                        lun,
+                        itt: r.itt,
+                        ttt: r.ttt,
+                        exp_statsn: 0,
+                        datasn,
+                        offset: off as u32,
+                    };
+                    pdus.push(Pdu::new(d.to_bhs(), src.slice(off..off + len)));
+                    datasn += 1;
+                    off += len;
+                }
+                // One sender answers R2Ts in the order they came, so data
+                // stays in offset order; the reader never waits on the socket.
+                let _ = inner.data_out.send(pdus);
             }
         }
         Some(Opcode::NopIn) => {

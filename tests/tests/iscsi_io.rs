@@ -128,7 +128,6 @@ async fn r2t_flows_on_a_multi_threaded_runtime() {
 /// With several R2Ts outstanding the initiator must still send the data
 /// sequences in offset order (DataSequenceInOrder=Yes, RFC 7143 §13.19).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug (initiator): each R2T is answered from its own spawned task, so on a multi-threaded runtime a later R2T's Data-Out can overtake an earlier one; the target then fails the write with DATA OFFSET ERROR"]
 async fn r2t_flows_with_several_outstanding_r2ts_on_a_multi_threaded_runtime() {
     r2t_matrix(false, &LIMITS[1..]).await;
 }
@@ -462,7 +461,6 @@ async fn luns_are_separate_and_a_missing_lun_is_reported() {
 }
 
 #[tokio::test]
-#[ignore = "bug (initiator): Session::login ignores the MaxCmdSN of the final Login Response and starts with MaxCmdSN = 1"]
 async fn second_command_can_be_issued_before_the_first_response() {
     let (srv, addr) = start_mem().await;
     let s = login(addr, INITIATOR).await;

@@ -63,6 +63,7 @@ pub fn target(name: &str, volume: &str) -> TargetConfig {
         allowed_initiators: vec![],
         chap: None,
         initiator_chap: vec![],
+        port_groups: vec![],
     }
 }
 
@@ -482,4 +483,19 @@ pub async fn prime_window(s: &Session) {
     within("priming NOP", s.nop(Bytes::new()))
         .await
         .expect("NOP-In");
+}
+
+/// Sends TEST UNIT READY until it is GOOD (at most 8 times), consuming any
+/// pending unit attentions.
+pub async fn drain_unit_attentions(s: &Session) {
+    for _ in 0..8 {
+        let r = s
+            .command(0, &[0u8; 6], DataDir::None, 0, Bytes::new())
+            .await
+            .expect("TUR");
+        if r.status == GOOD {
+            return;
+        }
+    }
+    panic!("unit attentions never cleared");
 }
