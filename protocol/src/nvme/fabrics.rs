@@ -100,7 +100,7 @@ pub mod connect_off {
 fn nqn_field(b: &[u8]) -> Option<String> {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     let s = std::str::from_utf8(&b[..end]).ok()?;
-    if s.is_empty() || s.bytes().any(|c| c < 0x20 || c > 0x7e) {
+    if s.is_empty() || s.bytes().any(|c| !(0x20..=0x7e).contains(&c)) {
         return None;
     }
     Some(s.to_string())

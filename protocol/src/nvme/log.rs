@@ -63,7 +63,7 @@ impl GetLogPage {
 /// Returns the `[offset, offset+len)` window of a log page, zero filled
 /// past its end; `None` if the offset is past the end or not dword aligned.
 pub fn window(page: &[u8], offset: u64, len: usize) -> Option<Vec<u8>> {
-    if offset % 4 != 0 || offset > page.len() as u64 {
+    if !offset.is_multiple_of(4) || offset > page.len() as u64 {
         return None;
     }
     let o = offset as usize;
