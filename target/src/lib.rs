@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod iscsi;
+pub mod nvme;
 pub mod scsi;
 pub mod server;
 pub mod target;

@@ -33,7 +33,7 @@ enum Cmd {
         /// iSCSI portal address (replaces the configured portals).
         #[arg(long)]
         iscsi_listen: Option<SocketAddr>,
-        /// NVMe/TCP listen address (accepted; NVMe/TCP is not served yet).
+        /// NVMe/TCP port address (replaces the configured ports).
         #[arg(long)]
         nvme_listen: Option<SocketAddr>,
         /// Prometheus metrics address (accepted; metrics are not served yet).
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             config,
             data_dir,
             iscsi_listen,
-            nvme_listen: _,
+            nvme_listen,
             metrics_listen: _,
         } => {
             let mut cfg = match config {
@@ -87,6 +87,7 @@ fn main() -> ExitCode {
                 &Overrides {
                     data_dir,
                     iscsi_listen,
+                    nvme_listen,
                 },
             );
             let rt = match tokio::runtime::Builder::new_multi_thread()
