@@ -145,12 +145,9 @@ impl Queue {
         wr.write_all(&tcp::encode_to_bytes(&ic, Digests::default()))
             .await?;
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let resp = tokio::time::timeout(
-            STEP,
-            read_pdu(&mut rd, &mut buf, &FrameConfig::INITIAL),
-        )
-        .await
-        .map_err(|_| NvmeError::Timeout)??;
+        let resp = tokio::time::timeout(STEP, read_pdu(&mut rd, &mut buf, &FrameConfig::INITIAL))
+            .await
+            .map_err(|_| NvmeError::Timeout)??;
         let icr = match resp {
             Pdu::ICResp(r) => r,
             Pdu::C2HTermReq(t) => {
@@ -159,7 +156,11 @@ impl Queue {
                     fei: t.fei,
                 })
             }
-            other => return Err(NvmeError::Protocol(format!("expected ICResp, got {other:?}"))),
+            other => {
+                return Err(NvmeError::Protocol(format!(
+                    "expected ICResp, got {other:?}"
+                )))
+            }
         };
         if icr.pfv != 0 || icr.digests != digests || icr.maxh2cdata < tcp::MIN_MAXH2CDATA {
             return Err(NvmeError::Protocol(format!("bad ICResp {icr:?}")));
@@ -258,11 +259,7 @@ impl Queue {
         (cid, rx, tcp::encode_to_bytes(&pdu, self.inner.digests))
     }
 
-    async fn send_and_wait(
-        &self,
-        cids: &[u16],
-        bytes: &[u8],
-    ) -> Result<(), NvmeError> {
+    async fn send_and_wait(&self, cids: &[u16], bytes: &[u8]) -> Result<(), NvmeError> {
         let sent = {
             let mut wr = self.inner.wr.lock().await;
             wr.write_all(bytes).await
@@ -555,11 +552,8 @@ impl Controller {
         let id = ctrl.identify(cns::CONTROLLER, 0).await?;
         ctrl.identify = IdentifyController::parse(&id)
             .ok_or_else(|| NvmeError::Protocol("short Identify Controller".into()))?;
-        ctrl.admin.set_in_capsule(
-            (ctrl.identify.ioccsz * 16)
-                .saturating_sub(64)
-                .max(1024),
-        );
+        ctrl.admin
+            .set_in_capsule((ctrl.identify.ioccsz * 16).saturating_sub(64).max(1024));
         Ok(ctrl)
     }
 
@@ -666,9 +660,7 @@ impl Controller {
     /// Asks for `n` I/O queues; returns how many were granted.
     pub async fn set_num_queues(&self, n: u16) -> Result<u16, NvmeError> {
         let v = (n.max(1) - 1) as u32;
-        let r = self
-            .set_features(feat::NUM_QUEUES, v | (v << 16))
-            .await?;
+        let r = self.set_features(feat::NUM_QUEUES, v | (v << 16)).await?;
         Ok(((r & 0xffff) as u16).min((r >> 16) as u16) + 1)
     }
 

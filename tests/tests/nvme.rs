@@ -195,17 +195,21 @@ async fn linux_connect_sequence() {
     // Features.
     assert_eq!(ctrl.set_num_queues(4).await.unwrap(), 4);
     ctrl.set_features(feat::ASYNC_EVENT, 1 << 8).await.unwrap();
-    assert_eq!(
-        ctrl.get_features(feat::ASYNC_EVENT).await.unwrap(),
-        1 << 8
-    );
+    assert_eq!(ctrl.get_features(feat::ASYNC_EVENT).await.unwrap(), 1 << 8);
     ctrl.set_features(feat::KATO, 5000).await.unwrap();
     assert_eq!(ctrl.get_features(feat::KATO).await.unwrap(), 5000);
     assert_eq!(ctrl.get_features(feat::VOLATILE_WC).await.unwrap(), 1);
     ctrl.keep_alive().await.unwrap();
     // Log pages.
-    for (l, len) in [(lid::ERROR_INFO, 64u32), (lid::SMART, 512), (lid::FW_SLOT, 512)] {
-        let d = ctrl.get_log_page(l, 0xffff_ffff, len, 0, false).await.unwrap();
+    for (l, len) in [
+        (lid::ERROR_INFO, 64u32),
+        (lid::SMART, 512),
+        (lid::FW_SLOT, 512),
+    ] {
+        let d = ctrl
+            .get_log_page(l, 0xffff_ffff, len, 0, false)
+            .await
+            .unwrap();
         assert_eq!(d.len(), len as usize);
     }
     let smart = nlog::Smart::parse(
@@ -222,7 +226,11 @@ async fn linux_connect_sequence() {
     let io = ctrl.connect_io_queue(1, 32).await.expect("I/O queue");
     io.write(1, 0, pattern(1, 4096), BS, false).await.unwrap();
     let entry = server.volumes.get("shared").unwrap().clone();
-    entry.volume.grow(VOLUME_BYTES / BS as u64 * 2).await.unwrap();
+    entry
+        .volume
+        .grow(VOLUME_BYTES / BS as u64 * 2)
+        .await
+        .unwrap();
     entry.control.raise_all(Notice::CapacityChanged, None).await;
     let dw0 = within("AER completion", aer).await.unwrap().unwrap();
     assert_eq!(dw0 & 7, 2, "notice");
@@ -610,9 +618,12 @@ async fn malformed_pdus_terminate_only_their_connection() {
     assert_eq!(expect_term(&mut s, dig).await, None);
     // In-capsule data beyond what we accept.
     let mut s = raw_connect(addr, Digests::default()).await;
-    s.write_all(&tcp::encode_to_bytes(&capsule(256 * 1024), Digests::default()))
-        .await
-        .unwrap();
+    s.write_all(&tcp::encode_to_bytes(
+        &capsule(256 * 1024),
+        Digests::default(),
+    ))
+    .await
+    .unwrap();
     assert_eq!(
         expect_term(&mut s, Digests::default()).await,
         Some(fes::DATA_LIMIT_EXCEEDED)
@@ -730,7 +741,13 @@ async fn one_volume_through_iscsi_and_nvme() {
     // iSCSI writes, NVMe reads.
     let a = pattern(100, 64 * 1024);
     let r = sess
-        .command(0, &cdb_rw(0x2a, 1000, 128), DataDir::Write, 65536, a.clone())
+        .command(
+            0,
+            &cdb_rw(0x2a, 1000, 128),
+            DataDir::Write,
+            65536,
+            a.clone(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 0, "iSCSI WRITE(10)");
@@ -739,7 +756,13 @@ async fn one_volume_through_iscsi_and_nvme() {
     let b = pattern(200, 32 * 1024);
     q.write(1, 5000, b.clone(), BS, true).await.unwrap();
     let r = sess
-        .command(0, &cdb_rw(0x28, 5000, 64), DataDir::Read, 32768, Bytes::new())
+        .command(
+            0,
+            &cdb_rw(0x28, 5000, 64),
+            DataDir::Read,
+            32768,
+            Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 0, "iSCSI READ(10)");
