@@ -376,6 +376,25 @@ async fn io_matrix(digests: Digests) {
     assert_eq!(a.cqe.status.sc, sc::COMPARE_FAILED);
     assert_eq!(b.cqe.status.sc, sc::ABORT_FAILED_FUSED);
     assert_eq!(q.read(1, 300, 2, BS).await.unwrap(), new);
+    // A fused pair whose halves both move their data by R2T.
+    let big_old = pattern(10, 16384);
+    let big_new = pattern(11, 16384);
+    q.write(1, 400, big_old.clone(), BS, false).await.unwrap();
+    let (a, b) = q
+        .compare_and_write(1, 400, 32, big_old, big_new.clone())
+        .await
+        .unwrap();
+    assert!(a.cqe.status.is_success() && b.cqe.status.is_success());
+    assert_eq!(q.read(1, 400, 32, BS).await.unwrap(), big_new);
+    // A first half followed by anything but its second half is aborted.
+    let mut lone = rw_sqe(nvm::COMPARE, 0, 1, 400, 1, false);
+    lone.set_fuse(vtgt_protocol::nvme::command::Fuse::First);
+    let q2 = q.clone();
+    let lone = tokio::spawn(async move { q2.submit(lone, Bytes::from(vec![0u8; 512]), 0).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    q.read(1, 0, 1, BS).await.unwrap();
+    let r = within("orphaned fused half", lone).await.unwrap().unwrap();
+    assert_eq!(r.cqe.status.sc, sc::ABORT_MISSING_FUSED);
     // An NVM Write on the admin queue is an unsupported admin opcode
     // (Create I/O SQ does not exist on fabrics).
     let r = ctrl

@@ -320,7 +320,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: PortInfo, shared: 
         kill: CancellationToken::new(),
         xfers: HashMap::new(),
         next_ttag: 0,
-        fused: None,
+        fused: FusedState::default(),
     };
     q.run(&mut reader).await;
     debug!(%peer, qid = q.qid, "NVMe queue closed");
@@ -363,8 +363,72 @@ struct Queue {
     kill: CancellationToken,
     xfers: HashMap<u16, Xfer>,
     next_ttag: u16,
-    /// The first half of a fused Compare and Write.
-    fused: Option<(Sqe, Bytes)>,
+    fused: FusedState,
+}
+
+/// Fused Compare and Write pairing. The two halves must be adjacent in
+/// capsule arrival order; each may then wait for its data (R2T) in any
+/// order, so halves whose data is here wait for their partner.
+#[derive(Default)]
+struct FusedState {
+    /// A first half arrived; the next capsule must be its second half.
+    awaiting_second: Option<u16>,
+    /// first CID -> second CID.
+    pairs: HashMap<u16, u16>,
+    /// Halves that lost their partner: they complete as aborted.
+    orphans: HashSet<u16>,
+    /// Halves whose data is here.
+    ready: HashMap<u16, (Sqe, Bytes)>,
+}
+
+impl FusedState {
+    /// Records a capsule's arrival (I/O queues only).
+    fn arrived(&mut self, cid: u16, fuse: Fuse) {
+        if let Some(first) = self.awaiting_second.take() {
+            if fuse == Fuse::Second {
+                self.pairs.insert(first, cid);
+                return;
+            }
+            self.orphans.insert(first);
+        }
+        match fuse {
+            Fuse::First => self.awaiting_second = Some(cid),
+            Fuse::Second => {
+                self.orphans.insert(cid);
+            }
+            _ => {}
+        }
+    }
+
+    /// A half's data is here. Returns the pair when both halves are ready,
+    /// or `Err` when this half must complete as aborted.
+    #[allow(clippy::type_complexity)]
+    fn ready(&mut self, sqe: Sqe, data: Bytes) -> Result<Option<((Sqe, Bytes), (Sqe, Bytes))>, ()> {
+        let cid = sqe.cid();
+        if self.orphans.remove(&cid) {
+            return Err(());
+        }
+        self.ready.insert(cid, (sqe, data));
+        let first = if sqe.fuse() == Fuse::First {
+            cid
+        } else {
+            match self.pairs.iter().find(|(_, s)| **s == cid) {
+                Some((f, _)) => *f,
+                None => return Ok(None),
+            }
+        };
+        let Some(&second) = self.pairs.get(&first) else {
+            return Ok(None);
+        };
+        if !(self.ready.contains_key(&first) && self.ready.contains_key(&second)) {
+            return Ok(None);
+        }
+        self.pairs.remove(&first);
+        match (self.ready.remove(&first), self.ready.remove(&second)) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            _ => Ok(None),
+        }
+    }
 }
 
 impl Queue {
@@ -425,6 +489,9 @@ impl Queue {
                 }
                 if got + d.data.len() as u64 > x.total as u64 {
                     return self.fatal(fes::DATA_OUT_OF_RANGE, 16, Bytes::new()).await;
+                }
+                if x.buf.capacity() == 0 {
+                    x.buf.reserve(x.total as usize);
                 }
                 x.buf.extend_from_slice(&d.data);
                 let done = x.buf.len() == x.total as usize;
@@ -488,6 +555,25 @@ impl Queue {
             2 => return self.fatal(fes::PDU_SEQUENCE_ERROR, 0, Bytes::new()).await,
             _ => {}
         }
+        if self.qid != 0 && self.ctrl.is_some() {
+            self.fused.arrived(cid, sqe.fuse());
+            // A first half orphaned by this arrival may already hold its
+            // data: abort it now.
+            let stale: Vec<u16> = self
+                .fused
+                .orphans
+                .iter()
+                .copied()
+                .filter(|c| self.fused.ready.contains_key(c))
+                .collect();
+            for c in stale {
+                self.fused.orphans.remove(&c);
+                self.fused.ready.remove(&c);
+                self.responder()
+                    .complete(c, Status::generic(sc::ABORT_MISSING_FUSED), 0)
+                    .await;
+            }
+        }
         let d = sgl_of(&sqe);
         match direction(&sqe) {
             Dir::H2C if d.len > 0 => match d.kind {
@@ -512,7 +598,9 @@ impl Queue {
                         ttag,
                         Xfer {
                             sqe,
-                            buf: BytesMut::with_capacity(d.len as usize),
+                            // Allocated when data arrives, not on the
+                            // host's say-so.
+                            buf: BytesMut::new(),
                             total: d.len,
                         },
                     );
@@ -572,28 +660,22 @@ impl Queue {
             r.reply(cid, reply).await;
             return Flow::Continue;
         }
-        // A pending fused first half must be followed by its second half.
-        if let Some((first, fdata)) = self.fused.take() {
-            if sqe.fuse() != Fuse::Second {
-                r.complete(first.cid(), Status::generic(sc::ABORT_MISSING_FUSED), 0)
-                    .await;
-            } else {
-                tokio::spawn(async move {
-                    let (a, b) = io::fused(&ctrl, &first, fdata, &sqe, data).await;
-                    r.complete(first.cid(), a, 0).await;
-                    r.complete(sqe.cid(), b, 0).await;
-                });
-                return Flow::Continue;
-            }
-        }
         match sqe.fuse() {
-            Fuse::First => {
-                self.fused = Some((sqe, data));
-                return Flow::Continue;
-            }
-            Fuse::Second => {
-                r.complete(cid, Status::generic(sc::ABORT_MISSING_FUSED), 0)
-                    .await;
+            Fuse::First | Fuse::Second => {
+                match self.fused.ready(sqe, data) {
+                    Err(()) => {
+                        r.complete(cid, Status::generic(sc::ABORT_MISSING_FUSED), 0)
+                            .await
+                    }
+                    Ok(None) => {}
+                    Ok(Some(((first, fdata), (second, sdata)))) => {
+                        tokio::spawn(async move {
+                            let (a, b) = io::fused(&ctrl, &first, fdata, &second, sdata).await;
+                            r.complete(first.cid(), a, 0).await;
+                            r.complete(second.cid(), b, 0).await;
+                        });
+                    }
+                }
                 return Flow::Continue;
             }
             Fuse::Reserved => {
