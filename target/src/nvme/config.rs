@@ -144,3 +144,86 @@ pub fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::server::{apply_overrides, Overrides};
+
+    const BASE: &str = r#"
+[[volume]]
+name = "a"
+backend = "memory"
+size = "1MiB"
+"#;
+
+    #[test]
+    fn portals_take_both_forms() {
+        let c = Config::parse(
+            &format!(
+                "{BASE}[nvme]\nlisten = [\"127.0.0.1:4420\", {{ listen = \"127.0.0.1:4421\", advertise = \"10.0.2.100:4421\" }}]\n\
+                 [[subsystem]]\nnqn = \"nqn.2026-11.org.vtgt:a\"\nallow_any_host = true\n\
+                 [[subsystem.namespace]]\nnsid = 1\nvolume = \"a\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.nvme.listen.len(), 2);
+        assert_eq!(c.nvme.listen[1].advertise(), Some("10.0.2.100:4421"));
+        assert_eq!(c.nvme.listen[0].listen().port(), 4420);
+        assert_eq!(c.subsystems[0].namespaces[0].nsid, 1);
+    }
+
+    #[test]
+    fn bad_subsystems_are_named() {
+        let sub = |body: &str| {
+            Config::parse(
+                &format!("{BASE}[nvme]\nlisten = [\"127.0.0.1:4420\"]\n[[subsystem]]\n{body}"),
+                "t",
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(sub("nqn = \"iqn.x\"\nallow_any_host = true\n").contains("not a valid nqn"));
+        assert!(
+            sub("nqn = \"nqn.2014-08.org.nvmexpress.discovery\"\nallow_any_host = true\n")
+                .contains("not a valid nqn")
+        );
+        assert!(sub("nqn = \"nqn.x:y\"\n").contains("no host may connect"));
+        assert!(sub(
+            "nqn = \"nqn.x:y\"\nallow_any_host = true\n[[subsystem.namespace]]\nnsid = 1\nvolume = \"zz\"\n"
+        )
+        .contains("unknown volume"));
+        assert!(sub(
+            "nqn = \"nqn.x:y\"\nallow_any_host = true\n[[subsystem.namespace]]\nnsid = 0\nvolume = \"a\"\n"
+        )
+        .contains("namespace 0"));
+        let e = Config::parse(
+            &format!("{BASE}[[subsystem]]\nnqn = \"nqn.x:y\"\nallow_any_host = true\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nvme.listen"), "{e}");
+    }
+
+    #[test]
+    fn nvme_listen_override_moves_the_default() {
+        let mut c = Config::embedded_default();
+        assert_eq!(c.subsystems[0].nqn, super::DEFAULT_SUBSYSTEM);
+        assert_eq!(c.nvme.listen[0].listen().port(), 4420);
+        apply_overrides(
+            &mut c,
+            &Overrides {
+                nvme_listen: Some("127.0.0.1:14420".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.nvme.listen.len(), 1);
+        assert_eq!(
+            c.nvme.listen[0].listen(),
+            "127.0.0.1:14420".parse().unwrap()
+        );
+        c.validate().unwrap();
+    }
+}

@@ -66,3 +66,46 @@ pub fn log_page(shared: &NvmeShared, ctrl: &Controller, local: SocketAddr) -> Ve
     }
     encode_discovery(shared.genctr.load(Ordering::Acquire), &entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(listen: &str, advertise: Option<&str>) -> PortInfo {
+        PortInfo {
+            listen: listen.parse().unwrap(),
+            advertise: advertise.map(str::to_string),
+            portid: 1,
+        }
+    }
+
+    #[test]
+    fn addresses_hosts_are_given() {
+        let local: SocketAddr = "192.0.2.7:4420".parse().unwrap();
+        let v4 = disc::ADRFAM_IPV4;
+        assert_eq!(
+            port_address(&port("0.0.0.0:4420", None), local),
+            ("192.0.2.7".into(), "4420".into(), v4)
+        );
+        assert_eq!(
+            port_address(&port("127.0.0.1:4421", None), local),
+            ("127.0.0.1".into(), "4421".into(), v4)
+        );
+        assert_eq!(
+            port_address(&port("0.0.0.0:4420", Some("10.0.2.100:5000")), local),
+            ("10.0.2.100".into(), "5000".into(), v4)
+        );
+        assert_eq!(
+            port_address(&port("0.0.0.0:4420", Some("10.0.2.100")), local),
+            ("10.0.2.100".into(), "4420".into(), v4)
+        );
+        assert_eq!(
+            port_address(&port("[::]:4420", Some("[2001:db8::1]:4420")), local),
+            ("2001:db8::1".into(), "4420".into(), disc::ADRFAM_IPV6)
+        );
+        assert_eq!(
+            port_address(&port("0.0.0.0:4420", Some("storage.example:4430")), local),
+            ("storage.example".into(), "4430".into(), v4)
+        );
+    }
+}

@@ -774,3 +774,61 @@ impl Queue {
 fn sgl_of(sqe: &Sqe) -> vtgt_protocol::nvme::command::SglDesc {
     sqe.sgl()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vtgt_protocol::nvme::command::{nvm, rw_sqe};
+
+    fn half(cid: u16, fuse: Fuse) -> Sqe {
+        let op = if fuse == Fuse::First {
+            nvm::COMPARE
+        } else {
+            nvm::WRITE
+        };
+        let mut s = rw_sqe(op, cid, 1, 0, 1, false);
+        s.set_fuse(fuse);
+        s
+    }
+
+    #[test]
+    fn fused_halves_pair_in_arrival_order_whatever_the_data_order() {
+        let mut f = FusedState::default();
+        f.arrived(1, Fuse::First);
+        f.arrived(2, Fuse::Second);
+        // Second's data first (R2T answered out of order).
+        assert!(matches!(
+            f.ready(half(2, Fuse::Second), Bytes::new()),
+            Ok(None)
+        ));
+        match f.ready(half(1, Fuse::First), Bytes::new()) {
+            Ok(Some(((a, _), (b, _)))) => assert_eq!((a.cid(), b.cid()), (1, 2)),
+            _ => panic!("pair not formed"),
+        }
+        assert!(f.pairs.is_empty() && f.ready.is_empty());
+    }
+
+    #[test]
+    fn lone_halves_are_orphans() {
+        let mut f = FusedState::default();
+        f.arrived(1, Fuse::First);
+        f.arrived(2, Fuse::None);
+        assert!(f.ready(half(1, Fuse::First), Bytes::new()).is_err());
+        f.arrived(3, Fuse::Second);
+        assert!(f.ready(half(3, Fuse::Second), Bytes::new()).is_err());
+        assert!(f.orphans.is_empty());
+    }
+
+    #[test]
+    fn data_direction_from_opcode() {
+        assert_eq!(direction(&Sqe::new(nvm::WRITE, 0)), Dir::H2C);
+        assert_eq!(direction(&Sqe::new(nvm::READ, 0)), Dir::C2H);
+        assert_eq!(direction(&Sqe::new(nvm::FLUSH, 0)), Dir::None);
+        assert_eq!(direction(&Sqe::new(aop::IDENTIFY, 0)), Dir::C2H);
+        let mut c = Sqe::new(aop::FABRICS, 0);
+        c.0[4] = fctype::CONNECT;
+        assert_eq!(direction(&c), Dir::H2C);
+        c.0[4] = fctype::PROPERTY_GET;
+        assert_eq!(direction(&c), Dir::None);
+    }
+}
