@@ -211,6 +211,8 @@ pub mod disc {
     pub const SUBTYPE_CURRENT_DISCOVERY: u8 = 3;
     /// TREQ: secure channel not required.
     pub const TREQ_NOT_REQUIRED: u8 = 2;
+    /// TREQ: the port supports disabling SQ flow control.
+    pub const TREQ_DISABLE_SQFLOW: u8 = 4;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -54,7 +54,7 @@ pub fn log_page(shared: &NvmeShared, ctrl: &Controller, local: SocketAddr) -> Ve
                 trtype: disc::TRTYPE_TCP,
                 adrfam,
                 subtype: disc::SUBTYPE_NVME,
-                treq: disc::TREQ_NOT_REQUIRED,
+                treq: disc::TREQ_NOT_REQUIRED | disc::TREQ_DISABLE_SQFLOW,
                 portid: p.portid,
                 cntlid: 0xffff,
                 asqsz: QUEUE_ENTRIES,
