@@ -13,7 +13,7 @@ use vtgt::config::{
     PortalConfig, SubsystemConfig, TargetConfig, VolumeConfig,
 };
 use vtgt::server::Server;
-use vtgt_engine::Notice;
+use vtgt_engine::{FaultReason, Notice};
 use vtgt_initiator::nvme::{discover, Controller, HostConfig, NvmeError, Queue};
 use vtgt_initiator::{DataDir, LoginConfig, Session};
 use vtgt_protocol::nvme::command::{feat, nvm, rw_sqe, sc, sct, DsmRange, Sqe};
@@ -245,7 +245,21 @@ async fn linux_connect_sequence() {
         VOLUME_BYTES / BS as u64 * 2
     );
     // The engine notice was delivered, so I/O is back on the fast path.
+    let hits = entry.volume.counters.fast_path_hits();
     io.read(1, 0, 8, BS).await.unwrap();
+    assert_eq!(entry.volume.counters.fast_path_hits(), hits + 1);
+    // Out of range faults to the control path, which answers LBA Out of
+    // Range.
+    let oor = entry.volume.counters.count(FaultReason::OutOfRange);
+    let cap = VOLUME_BYTES / BS as u64 * 2;
+    assert_eq!(
+        status_of(io.read(1, cap, 1, BS).await.unwrap_err()),
+        (sct::GENERIC, sc::LBA_RANGE)
+    );
+    assert_eq!(
+        entry.volume.counters.count(FaultReason::OutOfRange),
+        oor + 1
+    );
     // Too many AERs.
     let held: Vec<_> = (0..4).map(|_| ctrl.aer()).collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
