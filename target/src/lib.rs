@@ -3,6 +3,7 @@
 //! integration tests can start a target in-process.
 
 pub mod config;
+pub mod initiator_cli;
 pub mod iscsi;
 pub mod nvme;
 pub mod scsi;

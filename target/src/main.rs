@@ -42,6 +42,9 @@ enum Cmd {
     },
     /// Check a configuration file and exit.
     CheckConfig { config: PathBuf },
+    /// Talk to a target with our own initiators.
+    #[command(subcommand)]
+    Initiator(vtgt::initiator_cli::InitiatorCmd),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,25 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Initiator(c) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("vtgt: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(vtgt::initiator_cli::run(c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vtgt: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
