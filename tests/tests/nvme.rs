@@ -738,6 +738,42 @@ async fn queue_size_and_command_ordering_rules() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn controller_reset_drops_io_queues_and_enables_again() {
+    let (server, addr) = start().await;
+    let ctrl = Controller::connect(addr, &host(Digests::default()), SUBNQN)
+        .await
+        .unwrap();
+    let io = ctrl.connect_io_queue(1, 8).await.unwrap();
+    io.write(1, 0, pattern(77, 4096), BS, false).await.unwrap();
+    // CC.EN 1 -> 0: CSTS.RDY clears and the I/O queues go away.
+    ctrl.property_set(prop::CC, 0).await.unwrap();
+    assert_eq!(ctrl.property_get(prop::CSTS, false).await.unwrap() & 1, 0);
+    let mut closed = false;
+    for _ in 0..100 {
+        if io.is_closed() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "I/O queue survived a controller reset");
+    // Admin commands wait for the controller to be enabled again.
+    assert_eq!(
+        status_of(ctrl.keep_alive().await.unwrap_err()),
+        (sct::GENERIC, sc::CMD_SEQ_ERROR)
+    );
+    within("re-enable", ctrl.enable()).await.unwrap();
+    let io = ctrl.connect_io_queue(1, 8).await.unwrap();
+    assert_eq!(io.read(1, 0, 8, BS).await.unwrap(), pattern(77, 4096));
+    // Enabling with the wrong queue entry sizes is a controller fatal status.
+    ctrl.property_set(prop::CC, 0).await.unwrap();
+    ctrl.property_set(prop::CC, 1).await.unwrap();
+    assert_eq!(ctrl.property_get(prop::CSTS, false).await.unwrap() & 3, 2);
+    ctrl.close().await;
+    server.shutdown().await.unwrap();
+}
+
 fn cdb_rw(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
     let l = lba.to_be_bytes();
     let n = blocks.to_be_bytes();
