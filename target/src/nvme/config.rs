@@ -109,8 +109,13 @@ pub fn validate(
     subsystems: &[SubsystemConfig],
     volumes: &HashSet<&str>,
 ) -> Result<(), String> {
-    if !subsystems.is_empty() && nvme.listen.is_empty() {
-        return Err("nvme.listen: subsystems need at least one listen address".into());
+    // Subsystems without a listen address are allowed (NVMe/TCP off, as a
+    // test or a staged config may want); the server warns at start.
+    let mut addrs = HashSet::new();
+    for p in &nvme.listen {
+        if !addrs.insert(p.listen()) {
+            return Err(format!("nvme.listen: {} is listed twice", p.listen()));
+        }
     }
     let mut nqns = HashSet::new();
     for s in subsystems {
@@ -199,12 +204,18 @@ size = "1MiB"
         )
         .contains("namespace 0"));
         let e = Config::parse(
-            &format!("{BASE}[[subsystem]]\nnqn = \"nqn.x:y\"\nallow_any_host = true\n"),
+            &format!("{BASE}[nvme]\nlisten = [\"127.0.0.1:4420\", \"127.0.0.1:4420\"]\n"),
             "t",
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("nvme.listen"), "{e}");
+        assert!(e.contains("listed twice"), "{e}");
+        // No listen address: NVMe/TCP is simply off.
+        Config::parse(
+            &format!("{BASE}[[subsystem]]\nnqn = \"nqn.x:y\"\nallow_any_host = true\n"),
+            "t",
+        )
+        .unwrap();
     }
 
     #[test]

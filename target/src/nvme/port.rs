@@ -35,6 +35,9 @@ pub async fn start(
 ) -> anyhow::Result<(Arc<NvmeShared>, Vec<std::net::SocketAddr>)> {
     use anyhow::Context;
     let subsystems = super::build_subsystems(&cfg.subsystems, volumes)?;
+    if cfg.nvme.listen.is_empty() && !subsystems.is_empty() {
+        tracing::warn!("NVMe subsystems are configured but nvme.listen is empty: NVMe/TCP is off");
+    }
     let mut listeners = Vec::new();
     let mut ports = Vec::new();
     for p in &cfg.nvme.listen {
