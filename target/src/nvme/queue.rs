@@ -379,11 +379,45 @@ struct FusedState {
     orphans: HashSet<u16>,
     /// Halves whose data is here.
     ready: HashMap<u16, (Sqe, Bytes)>,
+    /// A first half that failed at arrival: the next second half is alone.
+    failed_first: Option<u16>,
 }
 
 impl FusedState {
+    /// A half failed before its data was used. Its partner-to-be is
+    /// orphaned; a partner already waiting with its data is returned, to be
+    /// completed as aborted now.
+    fn forget(&mut self, cid: u16) -> Option<u16> {
+        self.ready.remove(&cid);
+        self.orphans.remove(&cid);
+        if self.awaiting_second == Some(cid) {
+            // The second half, when it comes, has nobody to pair with.
+            self.awaiting_second = None;
+            self.failed_first = Some(cid);
+            return None;
+        }
+        let first = self
+            .pairs
+            .iter()
+            .find(|(f, s)| **f == cid || **s == cid)
+            .map(|(f, s)| (*f, *s));
+        let (f, sec) = first?;
+        self.pairs.remove(&f);
+        let partner = if f == cid { sec } else { f };
+        if self.ready.remove(&partner).is_some() {
+            Some(partner)
+        } else {
+            self.orphans.insert(partner);
+            None
+        }
+    }
+
     /// Records a capsule's arrival (I/O queues only).
     fn arrived(&mut self, cid: u16, fuse: Fuse) {
+        if self.failed_first.take().is_some() && fuse == Fuse::Second {
+            self.orphans.insert(cid);
+            return;
+        }
         if let Some(first) = self.awaiting_second.take() {
             if fuse == Fuse::Second {
                 self.pairs.insert(first, cid);
@@ -630,10 +664,14 @@ impl Queue {
         }
     }
 
-    async fn fail(&self, cid: u16, code: u8) -> Flow {
-        self.responder()
-            .complete(cid, Status::generic(code), 0)
-            .await;
+    async fn fail(&mut self, cid: u16, code: u8) -> Flow {
+        let r = self.responder();
+        r.complete(cid, Status::generic(code), 0).await;
+        // A failed half takes its partner down with it.
+        if let Some(partner) = self.fused.forget(cid) {
+            r.complete(partner, Status::generic(sc::ABORT_FAILED_FUSED), 0)
+                .await;
+        }
         Flow::Continue
     }
 
@@ -817,6 +855,25 @@ mod tests {
         f.arrived(3, Fuse::Second);
         assert!(f.ready(half(3, Fuse::Second), Bytes::new()).is_err());
         assert!(f.orphans.is_empty());
+    }
+
+    #[test]
+    fn a_failed_half_takes_its_partner_down() {
+        let mut f = FusedState::default();
+        // The first fails at arrival: the second is an orphan.
+        f.arrived(1, Fuse::First);
+        assert_eq!(f.forget(1), None);
+        f.arrived(2, Fuse::Second);
+        assert!(f.ready(half(2, Fuse::Second), Bytes::new()).is_err());
+        // The second fails while the first waits with its data.
+        f.arrived(3, Fuse::First);
+        f.arrived(4, Fuse::Second);
+        assert!(matches!(
+            f.ready(half(3, Fuse::First), Bytes::new()),
+            Ok(None)
+        ));
+        assert_eq!(f.forget(4), Some(3));
+        assert!(f.pairs.is_empty() && f.ready.is_empty() && f.orphans.is_empty());
     }
 
     #[test]
