@@ -727,6 +727,31 @@ async fn queue_size_and_command_ordering_rules() {
     let r = io.connect(&h, SUBNQN, ctrl.cntlid, 1024, 0).await.unwrap();
     assert_eq!(r.cqe.status.sc, sc::CONNECT_INVALID_PARAM);
     io.close().await;
+    // A host that overruns its SQSIZE is cut off with a TermReq; the
+    // controller's other queues carry on.
+    let q = Queue::open(addr, Digests::default(), 0, 8).await.unwrap();
+    let mut h2 = h.clone();
+    h2.hostid = [0x44; 16];
+    q.connect(&h2, SUBNQN, CNTLID_DYNAMIC, 2, 0)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let en = vtgt_protocol::nvme::fabrics::PropertyCmd::set_sqe(0, prop::CC, 0x46_0001, false);
+    q.submit(en, Bytes::new(), 0).await.unwrap().ok().unwrap();
+    let aers: Vec<_> = (0..3)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.submit(Sqe::new(0x0c, 0), Bytes::new(), 0).await })
+        })
+        .collect();
+    for a in aers {
+        let _ = within("overrun", a).await;
+    }
+    assert_eq!(
+        q.termination().map(|t| t.fes),
+        Some(fes::PDU_SEQUENCE_ERROR)
+    );
     // Another host cannot join this controller.
     let io = Queue::open(addr, Digests::default(), 1, 4).await.unwrap();
     let mut other = h.clone();
