@@ -6,4 +6,5 @@
 
 pub mod digest;
 pub mod iscsi;
+pub mod nvme;
 pub mod scsi;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::nvme::config::{NamespaceConfig, NvmeConfig, NvmePortalConfig, SubsystemConfig};
+
 pub const DEFAULT_TARGET: &str = "iqn.2026-11.org.vtgt:default";
 pub const DEFAULT_ISCSI_LISTEN: &str = "0.0.0.0:3260";
 
@@ -23,6 +25,11 @@ pub struct Config {
     pub volumes: Vec<VolumeConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// NVMe/TCP ports; off when `listen` is empty.
+    #[serde(default)]
+    pub nvme: NvmeConfig,
+    #[serde(default, rename = "subsystem")]
+    pub subsystems: Vec<SubsystemConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,7 +190,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// One 1 GiB sparse-file volume exported as LUN 0 of the default target.
+    /// One 1 GiB sparse-file volume exported as LUN 0 of the default target
+    /// and as namespace 1 of the default NVMe subsystem.
     pub fn embedded_default() -> Self {
         Config {
             data_dir: default_data_dir(),
@@ -207,6 +215,10 @@ impl Config {
                 initiator_chap: vec![],
                 port_groups: vec![],
             }],
+            nvme: NvmeConfig {
+                listen: crate::nvme::config::default_listen(),
+            },
+            subsystems: vec![crate::nvme::config::default_subsystem("default")],
         }
     }
 
@@ -325,6 +337,7 @@ impl Config {
         if let Some(c) = &self.iscsi.discovery_chap {
             check_chap(c).map_err(|e| format!("iscsi.discovery_chap: {e}"))?;
         }
+        crate::nvme::config::validate(&self.nvme, &self.subsystems, &names)?;
         Ok(())
     }
 

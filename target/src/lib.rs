@@ -5,8 +5,10 @@
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod initiator_cli;
 pub mod iscsi;
 pub mod metrics;
+pub mod nvme;
 pub mod scsi;
 pub mod server;
 pub mod target;

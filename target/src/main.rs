@@ -36,7 +36,7 @@ enum Cmd {
         /// iSCSI portal address (replaces the configured portals).
         #[arg(long)]
         iscsi_listen: Option<SocketAddr>,
-        /// NVMe/TCP listen address (accepted; NVMe/TCP is not served yet).
+        /// NVMe/TCP port address (replaces the configured ports).
         #[arg(long)]
         nvme_listen: Option<SocketAddr>,
         /// Prometheus metrics address (/metrics).
@@ -58,6 +58,9 @@ enum Cmd {
     CheckConfig { config: PathBuf },
     /// Benchmark a target through vtgt's own initiator.
     Bench(BenchArgs),
+    /// Talk to a target with our own initiators.
+    #[command(subcommand)]
+    Initiator(vtgt::initiator_cli::InitiatorCmd),
 }
 
 #[derive(clap::Args)]
@@ -172,6 +175,25 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Initiator(c) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("vtgt: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(vtgt::initiator_cli::run(c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vtgt: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -188,7 +210,7 @@ fn main() -> ExitCode {
             config,
             data_dir,
             iscsi_listen,
-            nvme_listen: _,
+            nvme_listen,
             metrics_listen,
             admin_socket,
         } => {
@@ -207,6 +229,7 @@ fn main() -> ExitCode {
                 &Overrides {
                     data_dir,
                     iscsi_listen,
+                    nvme_listen,
                 },
             );
             let rt = match tokio::runtime::Builder::new_multi_thread()

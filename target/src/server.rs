@@ -26,6 +26,8 @@ use crate::target::{NexusRegistry, Target};
 pub struct Overrides {
     pub data_dir: Option<std::path::PathBuf>,
     pub iscsi_listen: Option<SocketAddr>,
+    /// Replaces the NVMe/TCP ports with this one.
+    pub nvme_listen: Option<SocketAddr>,
 }
 
 /// A volume with its control-path state, shared by every LU exporting it.
@@ -42,6 +44,8 @@ pub struct Server {
     /// through [`Server::apply`], one at a time.
     state: tokio::sync::Mutex<State>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    pub nvme: Arc<crate::nvme::NvmeShared>,
+    pub nvme_addrs: Vec<SocketAddr>,
 }
 
 struct State {
@@ -72,6 +76,9 @@ pub fn apply_overrides(cfg: &mut Config, o: &Overrides) {
         if let Some(p) = cfg.iscsi.portals.first_mut() {
             p.listen = a;
         }
+    }
+    if let Some(a) = o.nvme_listen {
+        cfg.nvme.listen = vec![crate::config::NvmePortalConfig::Addr(a)];
     }
 }
 
@@ -173,11 +180,14 @@ impl Server {
                 shared.clone(),
             )));
         }
+        let (nvme, nvme_addrs) = crate::nvme::port::start(&cfg, &volumes, &mut tasks).await?;
         Ok(Server {
             iscsi_addrs: portals.iter().map(|p| p.listen).collect(),
             iscsi: shared,
             state: tokio::sync::Mutex::new(State { cfg, volumes }),
             tasks: parking_lot::Mutex::new(tasks),
+            nvme,
+            nvme_addrs,
         })
     }
 
@@ -369,6 +379,7 @@ impl Server {
     /// Stops accepting, ends every session, and flushes every volume.
     pub async fn shutdown(&self) -> Result<()> {
         self.iscsi.shutdown.cancel();
+        self.nvme.shutdown.cancel();
         for s in self.iscsi.sessions.all() {
             s.kill.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), s.done.cancelled()).await;

@@ -25,7 +25,12 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
-        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--nvme-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

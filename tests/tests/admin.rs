@@ -13,6 +13,9 @@ const TARGET: &str = "iqn.2026-11.org.vtgt:admin";
 
 async fn setup(dir: &std::path::Path) -> (Arc<AdminContext>, std::path::PathBuf) {
     let mut cfg = Config::embedded_default();
+    // iSCSI only: tests run in parallel and 4420 is a fixed port.
+    cfg.nvme.listen.clear();
+    cfg.subsystems.clear();
     cfg.data_dir = dir.to_path_buf();
     cfg.iscsi.portals[0].listen = "127.0.0.1:0".parse().unwrap();
     cfg.volumes[0].size = Some("8MiB".into());

@@ -15,6 +15,9 @@ const TARGET: &str = "iqn.2026-11.org.vtgt:alua";
 
 fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::embedded_default();
+    // iSCSI only: tests run in parallel and 4420 is a fixed port.
+    cfg.nvme.listen.clear();
+    cfg.subsystems.clear();
     cfg.data_dir = dir.to_path_buf();
     cfg.iscsi.portals = (1..=2)
         .map(|g| PortalConfig {

@@ -20,6 +20,9 @@ const BS: usize = 512;
 
 fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::embedded_default();
+    // iSCSI only: tests run in parallel and 4420 is a fixed port.
+    cfg.nvme.listen.clear();
+    cfg.subsystems.clear();
     cfg.data_dir = dir.to_path_buf();
     cfg.iscsi.portals = vec![
         PortalConfig {

@@ -43,6 +43,9 @@ async fn naa(s: &Session, l: u64) -> [u8; 16] {
 async fn extended_copy_between_luns() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::embedded_default();
+    // iSCSI only: tests run in parallel and 4420 is a fixed port.
+    cfg.nvme.listen.clear();
+    cfg.subsystems.clear();
     cfg.data_dir = dir.path().to_path_buf();
     cfg.iscsi.portals[0].listen = "127.0.0.1:0".parse().unwrap();
     cfg.volumes = ["src", "dst"]

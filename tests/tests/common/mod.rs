@@ -83,6 +83,8 @@ pub fn mem_config() -> Config {
         },
         volumes: vec![volume("v0", VOLUME_BYTES)],
         targets: vec![target(TARGET, "v0")],
+        nvme: Default::default(),
+        subsystems: vec![],
     }
 }
 

@@ -1,0 +1,270 @@
+//! NVM I/O commands. Reads and writes go through the engine's fast path
+//! exactly as SCSI does; any fault falls back to the control path, which
+//! delivers pending engine notices (as asynchronous events) and runs the
+//! I/O with `Volume::read/write` and its range checks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use vtgt_engine::{EngineError, IoKind};
+use vtgt_protocol::nvme::command::{nvm, sc, DsmRange, Sqe, Status};
+
+use super::controller::Controller;
+use super::queue::Reply;
+use super::{Namespace, MAX_IO_BYTES};
+
+/// Serializes fused Compare and Write pairs against each other.
+static FUSED: Mutex<()> = Mutex::const_new(());
+
+fn engine_status(e: &EngineError, write: bool) -> Status {
+    match e {
+        EngineError::OutOfRange { .. } => Status::generic(sc::LBA_RANGE),
+        EngineError::BadLength { .. } => Status::generic(sc::INVALID_FIELD),
+        EngineError::Unmapped(_) => Status::generic(sc::INTERNAL),
+        EngineError::Io(_) if write => Status::media(sc::WRITE_FAULT),
+        EngineError::Io(_) => Status::media(sc::READ_ERROR),
+    }
+}
+
+struct Rw<'a> {
+    ns: &'a Namespace,
+    slba: u64,
+    nlb: u64,
+    bytes: u64,
+}
+
+fn resolve<'a>(ctrl: &'a Controller, sqe: &Sqe) -> Result<Rw<'a>, Status> {
+    let ns = ctrl
+        .subsys
+        .namespaces
+        .get(&sqe.nsid())
+        .ok_or(Status::generic(sc::INVALID_NS))?;
+    let nlb = sqe.nlb() as u64;
+    let bytes = nlb * ns.entry.volume.block_size() as u64;
+    Ok(Rw {
+        ns,
+        slba: sqe.slba(),
+        nlb,
+        bytes,
+    })
+}
+
+pub async fn execute(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Reply {
+    if !ctrl.enabled() {
+        return Reply::status(Status::generic(sc::CMD_SEQ_ERROR));
+    }
+    match run(ctrl, sqe, data, xfer).await {
+        Ok(r) => r,
+        Err(s) => {
+            if s.sct == 2 {
+                ctrl.stats.media_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Reply::status(s)
+        }
+    }
+}
+
+async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Result<Reply, Status> {
+    match sqe.opcode() {
+        nvm::READ => {
+            let rw = resolve(ctrl, sqe)?;
+            if rw.bytes > MAX_IO_BYTES as u64 {
+                return Err(Status::generic(sc::INVALID_FIELD));
+            }
+            if (xfer as u64) < rw.bytes {
+                return Err(Status::generic(sc::SGL_INVALID_DATA_LEN));
+            }
+            let d = read(ctrl, &rw).await?;
+            ctrl.stats.reads.fetch_add(1, Ordering::Relaxed);
+            ctrl.stats.read_blocks.fetch_add(rw.nlb, Ordering::Relaxed);
+            Ok(Reply::data(d))
+        }
+        nvm::WRITE => {
+            let rw = resolve(ctrl, sqe)?;
+            if data.len() as u64 != rw.bytes {
+                return Err(Status::generic(sc::SGL_INVALID_DATA_LEN));
+            }
+            write(ctrl, &rw, data, sqe.fua()).await?;
+            ctrl.stats.writes.fetch_add(1, Ordering::Relaxed);
+            ctrl.stats.write_blocks.fetch_add(rw.nlb, Ordering::Relaxed);
+            Ok(Reply::ok())
+        }
+        nvm::FLUSH => {
+            let nsid = sqe.nsid();
+            let targets: Vec<&Namespace> = if nsid == u32::MAX {
+                ctrl.subsys.namespaces.values().collect()
+            } else {
+                vec![ctrl
+                    .subsys
+                    .namespaces
+                    .get(&nsid)
+                    .ok_or(Status::generic(sc::INVALID_NS))?]
+            };
+            for ns in targets {
+                ns.entry
+                    .volume
+                    .flush()
+                    .await
+                    .map_err(|e| engine_status(&e, true))?;
+            }
+            Ok(Reply::ok())
+        }
+        nvm::WRITE_ZEROES => {
+            let rw = resolve(ctrl, sqe)?;
+            let v = &rw.ns.entry.volume;
+            v.check_range(rw.slba, rw.nlb)
+                .map_err(|e| engine_status(&e, true))?;
+            // DEAC: deallocate; our volumes read deallocated blocks as
+            // zeros, so both forms end the same.
+            if sqe.dw(12) & (1 << 25) != 0 {
+                control_notices(ctrl).await;
+                v.discard(rw.slba, rw.nlb)
+                    .await
+                    .map_err(|e| engine_status(&e, true))?;
+            } else {
+                let bs = v.block_size() as u64;
+                let step = (MAX_IO_BYTES as u64 / bs).max(1);
+                let mut at = rw.slba;
+                let end = rw.slba + rw.nlb;
+                while at < end {
+                    let n = step.min(end - at);
+                    let z = Bytes::from(vec![0u8; (n * bs) as usize]);
+                    v.write(at, z, sqe.fua())
+                        .await
+                        .map_err(|e| engine_status(&e, true))?;
+                    at += n;
+                }
+            }
+            Ok(Reply::ok())
+        }
+        nvm::DSM => {
+            let ns = ctrl
+                .subsys
+                .namespaces
+                .get(&sqe.nsid())
+                .ok_or(Status::generic(sc::INVALID_NS))?;
+            let nr = (sqe.dw(10) & 0xff) as usize + 1;
+            let ranges =
+                DsmRange::parse_all(&data, nr).ok_or(Status::generic(sc::SGL_INVALID_DATA_LEN))?;
+            // Only the deallocate attribute changes anything.
+            if sqe.dw(11) & (1 << 2) != 0 {
+                let v = &ns.entry.volume;
+                for r in &ranges {
+                    v.check_range(r.slba, r.nlb as u64)
+                        .map_err(|e| engine_status(&e, true))?;
+                }
+                for r in ranges.iter().filter(|r| r.nlb > 0) {
+                    v.discard(r.slba, r.nlb as u64)
+                        .await
+                        .map_err(|e| engine_status(&e, true))?;
+                }
+            }
+            Ok(Reply::ok())
+        }
+        nvm::COMPARE => {
+            let rw = resolve(ctrl, sqe)?;
+            compare(ctrl, &rw, &data).await?;
+            Ok(Reply::ok())
+        }
+        _ => Err(Status::generic(sc::INVALID_OPCODE)),
+    }
+}
+
+async fn compare(ctrl: &Arc<Controller>, rw: &Rw<'_>, data: &[u8]) -> Result<(), Status> {
+    if data.len() as u64 != rw.bytes || rw.bytes > MAX_IO_BYTES as u64 {
+        return Err(Status::generic(sc::SGL_INVALID_DATA_LEN));
+    }
+    let cur = read(ctrl, rw).await?;
+    if cur[..] != data[..] {
+        return Err(Status::media(sc::COMPARE_FAILED));
+    }
+    Ok(())
+}
+
+/// Fused Compare (first) and Write (second): the write happens only if
+/// the compare matched, with no other fused pair in between.
+pub async fn fused(
+    ctrl: &Arc<Controller>,
+    first: &Sqe,
+    fdata: Bytes,
+    second: &Sqe,
+    sdata: Bytes,
+) -> (Status, Status) {
+    if !ctrl.enabled() {
+        let s = Status::generic(sc::CMD_SEQ_ERROR);
+        return (s, s);
+    }
+    let aborted = Status::generic(sc::ABORT_FAILED_FUSED);
+    if first.opcode() != nvm::COMPARE
+        || second.opcode() != nvm::WRITE
+        || first.nsid() != second.nsid()
+        || first.slba() != second.slba()
+        || first.nlb() != second.nlb()
+    {
+        return (Status::generic(sc::INVALID_FIELD), aborted);
+    }
+    let (c, w) = match (resolve(ctrl, first), resolve(ctrl, second)) {
+        (Ok(c), Ok(w)) => (c, w),
+        (Err(s), _) | (_, Err(s)) => return (s, aborted),
+    };
+    if sdata.len() as u64 != w.bytes {
+        return (Status::generic(sc::SGL_INVALID_DATA_LEN), aborted);
+    }
+    let _g = FUSED.lock().await;
+    if let Err(s) = compare(ctrl, &c, &fdata).await {
+        return (s, aborted);
+    }
+    match write(ctrl, &w, sdata, second.fua()).await {
+        Ok(()) => (Status::SUCCESS, Status::SUCCESS),
+        Err(s) => (aborted, s),
+    }
+}
+
+/// Takes pending engine notices for this controller (the control path's
+/// first job, as SCSI reports unit attentions).
+async fn control_notices(ctrl: &Controller) {
+    ctrl.drain_notices().await;
+}
+
+async fn read(ctrl: &Controller, rw: &Rw<'_>) -> Result<Bytes, Status> {
+    let e = &rw.ns.entry;
+    match e
+        .control
+        .exposure()
+        .admit(ctrl.nexus, IoKind::Read, rw.slba, rw.nlb)
+    {
+        Ok(a) => a.read().await.map_err(|e| engine_status(&e, false)),
+        Err(_) => {
+            control_notices(ctrl).await;
+            e.volume
+                .read(rw.slba, rw.nlb)
+                .await
+                .map_err(|e| engine_status(&e, false))
+        }
+    }
+}
+
+async fn write(ctrl: &Controller, rw: &Rw<'_>, data: Bytes, fua: bool) -> Result<(), Status> {
+    let e = &rw.ns.entry;
+    // With the volatile write cache off, every write is durable.
+    let fua = fua || !ctrl.vwc.load(Ordering::Acquire);
+    match e
+        .control
+        .exposure()
+        .admit(ctrl.nexus, IoKind::Write, rw.slba, rw.nlb)
+    {
+        Ok(a) => a
+            .write(data, fua)
+            .await
+            .map_err(|e| engine_status(&e, true)),
+        Err(_) => {
+            control_notices(ctrl).await;
+            e.volume
+                .write(rw.slba, data, fua)
+                .await
+                .map_err(|e| engine_status(&e, true))
+        }
+    }
+}
