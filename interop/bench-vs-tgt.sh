@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of vtgt and Debian's tgt on this machine, in one
+# run: the same-size file-backed LUN from both, runs alternating
+# (vtgt, tgt, vtgt, tgt, ...), PAIRS pairs per point, medians and per-pair
+# ratios. Clients: libiscsi's iscsi-perf (reads) and `vtgt bench` (writes,
+# mixes, latency). Also vtgt's NVMe/TCP on the same points, and the
+# loopback ceiling (iperf3, one stream). Prints a Markdown report.
+#
+#   interop/bench-vs-tgt.sh [SECONDS_PER_RUN] [PAIRS]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
+
+secs=${1:-5}
+pairs=${2:-3}
+need_packages tgt libiscsi-bin iperf3 jq
+
+if [ -z "${VTGT_BIN:-}" ]; then
+    (cd "$root" && cargo build -q --release --bin vtgt) >&2
+    VTGT_BIN="$root/build/release/vtgt"
+fi
+export VTGT_BIN
+bin=$VTGT_BIN
+
+work=$(mktemp -d /tmp/vtgt-bvt.XXXXXX)
+TGT_PID=""
+cleanup() {
+    stop_vtgt
+    [ -n "$TGT_PID" ] && kill "$TGT_PID" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+size=1G
+tport=$(free_port)
+tctl=$((RANDOM % 200 + 20))
+truncate -s $size "$work/tgt.img"
+tgtd -f --iscsi "portal=127.0.0.1:$tport" -C "$tctl" >"$work/tgtd.log" 2>&1 &
+TGT_PID=$!
+for _ in $(seq 1 50); do
+    tgtadm -C "$tctl" --lld iscsi --op show --mode target >/dev/null 2>&1 && break
+    sleep 0.1
+done
+tgtadm -C "$tctl" --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.org.tgt:bench
+tgtadm -C "$tctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/tgt.img"
+tgtadm -C "$tctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+
+nport=$(free_port)
+cat >"$work/vtgt.toml" <<TOML
+data_dir = "$work/vdata"
+[[iscsi.portals]]
+listen = "127.0.0.1:0"
+[nvme]
+listen = ["127.0.0.1:$nport"]
+[[volume]]
+name = "bench"
+backend = "file"
+path = "bench.img"
+size = "1GiB"
+[[target]]
+name = "iqn.2026-11.org.vtgt:bench"
+[[target.lun]]
+id = 0
+volume = "bench"
+[[subsystem]]
+nqn = "nqn.2026-11.org.vtgt:bench"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+volume = "bench"
+TOML
+start_vtgt "$work/vtgt.toml" "$work/vtgt.log"
+vportal=$(echo "$PORTALS" | head -1)
+
+# Fill both LUNs so reads hit allocated blocks, not holes.
+dd if=/dev/urandom of="$work/fill" bs=1M count=64 status=none
+for f in "$work/tgt.img" "$work/vdata/bench.img"; do
+    for i in $(seq 0 15); do
+        dd if="$work/fill" of="$f" bs=1M seek=$((i * 64)) conv=notrunc status=none
+    done
+done
+sync
+
+perf_iops() { # URL QD
+    timeout $((secs + 20)) iscsi-perf -m "$2" -b 8 -r -t "$secs" "$1" 2>&1 | tr '\r' '\n' |
+        sed -n 's/^iops average \([0-9]*\).*/\1/p' | tail -1
+}
+bench() { # PORTAL TARGET LUN ARGS... -> JSON
+    local portal=$1 target=$2 lun=$3
+    shift 3
+    "$bin" bench --portal "$portal" --target "$target" --lun "$lun" --duration "${secs}s" --json "$@" 2>/dev/null
+}
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+report="$work/report.md"
+{
+    echo "| point | metric | vtgt (median) | tgt (median) | vtgt/tgt per pair |"
+    echo "|---|---|---|---|---|"
+} >"$report"
+
+point() { # NAME METRIC VCMD TCMD (commands print one number)
+    local name=$1 metric=$2 vcmd=$3 tcmd=$4 v t vs=() ts=() ratios=()
+    for _ in $(seq 1 "$pairs"); do
+        v=$(eval "$vcmd")
+        t=$(eval "$tcmd")
+        vs+=("$v")
+        ts+=("$t")
+        ratios+=("$(awk -v a="$v" -v b="$t" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')")
+    done
+    echo "| $name | $metric | $(printf '%s\n' "${vs[@]}" | median) | $(printf '%s\n' "${ts[@]}" | median) | ${ratios[*]} |" | tee -a "$report"
+}
+
+vt=iqn.2026-11.org.vtgt:bench
+tt=iqn.2026-11.org.tgt:bench
+vurl="iscsi://$vportal/$vt/0"
+turl="iscsi://127.0.0.1:$tport/$tt/1"
+echo "== side by side (${secs}s per run, $pairs pairs)"
+point "4K rand read QD1 (iscsi-perf)" IOPS "perf_iops $vurl 1" "perf_iops $turl 1"
+point "4K rand read QD32 (iscsi-perf)" IOPS "perf_iops $vurl 32" "perf_iops $turl 32"
+point "4K rand read QD1 (vtgt bench)" "p50 us" \
+    "bench $vportal $vt 0 --rw randread --bs 4k --qd 1 | jq .latency_us_p50" \
+    "bench 127.0.0.1:$tport $tt 1 --rw randread --bs 4k --qd 1 | jq .latency_us_p50"
+point "4K rand write QD32" IOPS \
+    "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops" \
+    "bench 127.0.0.1:$tport $tt 1 --rw randwrite --bs 4k --qd 32 | jq .iops"
+point "128K seq read QD8" "MB/s" \
+    "bench $vportal $vt 0 --rw read --bs 128k --qd 8 | jq .mb_per_sec" \
+    "bench 127.0.0.1:$tport $tt 1 --rw read --bs 128k --qd 8 | jq .mb_per_sec"
+point "128K seq write QD8" "MB/s" \
+    "bench $vportal $vt 0 --rw write --bs 128k --qd 8 | jq .mb_per_sec" \
+    "bench 127.0.0.1:$tport $tt 1 --rw write --bs 128k --qd 8 | jq .mb_per_sec"
+point "8K 70/30 rand mix QD16" IOPS \
+    "bench $vportal $vt 0 --rw randrw --mix 70 --bs 8k --qd 16 | jq .iops" \
+    "bench 127.0.0.1:$tport $tt 1 --rw randrw --mix 70 --bs 8k --qd 16 | jq .iops"
+
+if "$bin" bench --help 2>/dev/null | grep -q nvme; then
+    echo "== vtgt NVMe/TCP vs vtgt iSCSI"
+    {
+        echo
+        echo "| point (vtgt) | metric | NVMe/TCP (median) | iSCSI (median) | NVMe/iSCSI per pair |"
+        echo "|---|---|---|---|---|"
+    } >>"$report"
+    nb() { "$bin" bench --protocol nvme --portal "127.0.0.1:$nport" --target nqn.2026-11.org.vtgt:bench --lun 1 --duration "${secs}s" --json "$@" 2>/dev/null; }
+    point "4K rand read QD32" IOPS "nb --rw randread --bs 4k --qd 32 | jq .iops" \
+        "bench $vportal $vt 0 --rw randread --bs 4k --qd 32 | jq .iops"
+    point "4K rand write QD32" IOPS "nb --rw randwrite --bs 4k --qd 32 | jq .iops" \
+        "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
+    point "128K seq read QD8" "MB/s" "nb --rw read --bs 128k --qd 8 | jq .mb_per_sec" \
+        "bench $vportal $vt 0 --rw read --bs 128k --qd 8 | jq .mb_per_sec"
+fi
+
+echo "== loopback ceiling (iperf3, one stream)"
+iperf3 -s -1 -B 127.0.0.1 -p "$(free_port)" >/dev/null 2>&1 &
+sleep 0.5
+ip_port=$(ss -ltnp 2>/dev/null | awk '/iperf3/ {split($4, a, ":"); print a[length(a)]; exit}')
+ceiling=$(iperf3 -c 127.0.0.1 -p "$ip_port" -t "$secs" -J 2>/dev/null | jq '.end.sum_received.bits_per_second / 8e6' || echo 0)
+echo "loopback iperf3: $ceiling MB/s" | tee -a "$report"
+echo
+echo "## Machine"
+echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); $(tgtd --version 2>/dev/null | head -1 || echo tgt); $(dpkg-query -W -f='libiscsi-bin ${Version}' libiscsi-bin)"
+echo
+cat "$report"
