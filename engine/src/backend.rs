@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
@@ -25,6 +26,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Grows the store (shrinking is not supported).
     fn grow(&self, new_len: u64) -> io::Result<()>;
+    /// Reads only if that cannot block on I/O (a page-cache hit), so the
+    /// caller may do it on an async worker. `Ok(false)`: use `read_at` off
+    /// the async workers instead.
+    fn try_read_nowait(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Writes (without FUA) as much as can be written without blocking on
+    /// I/O; returns the bytes written. The caller writes the rest with
+    /// `write_at` off the async workers.
+    fn try_write_nowait(&self, _offset: u64, _buf: &[u8]) -> io::Result<usize> {
+        Ok(0)
+    }
     fn describe(&self) -> String;
     /// Which bytes of `offset..offset+len` hold data (`true`) and which are
     /// holes, as ordered ranges covering it. Stores that cannot tell report
@@ -41,6 +54,44 @@ pub struct FileBackend {
     path: PathBuf,
     len: RwLock<u64>,
     block_device: bool,
+    /// Cleared when the kernel or filesystem refuses RWF_NOWAIT.
+    nowait_reads: AtomicBool,
+    nowait_writes: AtomicBool,
+}
+
+/// One `preadv2`/`pwritev2` with flags; the byte count or the OS error.
+fn rw2(
+    fd: i32,
+    write: bool,
+    buf: *const u8,
+    len: usize,
+    offset: u64,
+    flags: i32,
+) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: iov describes a live buffer of `len` bytes owned by the caller.
+    let n = unsafe {
+        if write {
+            libc::pwritev2(fd, &iov, 1, offset as libc::off_t, flags)
+        } else {
+            libc::preadv2(fd, &iov, 1, offset as libc::off_t, flags)
+        }
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn nowait_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+    )
 }
 
 impl FileBackend {
@@ -71,6 +122,8 @@ impl FileBackend {
             path: path.to_path_buf(),
             len: RwLock::new(len),
             block_device: false,
+            nowait_reads: AtomicBool::new(true),
+            nowait_writes: AtomicBool::new(true),
         })
     }
 
@@ -93,6 +146,8 @@ impl FileBackend {
             path: path.to_path_buf(),
             len: RwLock::new(size),
             block_device: true,
+            nowait_reads: AtomicBool::new(true),
+            nowait_writes: AtomicBool::new(true),
         })
     }
 
@@ -152,6 +207,39 @@ impl Backend for FileBackend {
 
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn try_read_nowait(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        if !self.nowait_reads.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let fd = self.file.as_raw_fd();
+        match rw2(fd, false, buf.as_ptr(), buf.len(), offset, libc::RWF_NOWAIT) {
+            // A short read (partly cached) is redone whole by read_at.
+            Ok(n) => Ok(n == buf.len()),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+            Err(e) if nowait_unsupported(&e) => {
+                self.nowait_reads.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_write_nowait(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        if !self.nowait_writes.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        let fd = self.file.as_raw_fd();
+        match rw2(fd, true, buf.as_ptr(), buf.len(), offset, libc::RWF_NOWAIT) {
+            Ok(n) => Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+            Err(e) if nowait_unsupported(&e) => {
+                self.nowait_writes.store(false, Ordering::Relaxed);
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -347,6 +435,29 @@ mod tests {
         b.read_at(4096, &mut buf).unwrap();
         assert!(buf.iter().all(|&x| x == 0));
         assert!(b.read_at((1 << 20) - 10, &mut buf).is_err());
+    }
+
+    #[test]
+    fn nowait_paths_agree_with_blocking_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open_or_create(&dir.path().join("n.img"), 1 << 20).unwrap();
+        let data: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
+        let done = b.try_write_nowait(8192, &data).unwrap();
+        assert!(done <= data.len());
+        b.write_at(8192 + done as u64, &data[done..], false)
+            .unwrap();
+        let mut via_nowait = vec![0u8; 8192];
+        // Just written, so cached: a kernel with RWF_NOWAIT serves it.
+        let hit = b.try_read_nowait(8192, &mut via_nowait).unwrap();
+        let mut via_read = vec![0u8; 8192];
+        b.read_at(8192, &mut via_read).unwrap();
+        assert_eq!(via_read, data);
+        if hit {
+            assert_eq!(via_nowait, data);
+        }
+        // Past the end is never a successful non-blocking read.
+        let mut tail = vec![0u8; 4096];
+        assert!(!b.try_read_nowait((1 << 20) - 100, &mut tail).unwrap());
     }
 
     #[test]

@@ -203,8 +203,14 @@ impl Admission {
     }
 
     pub async fn read(self) -> Result<Bytes, EngineError> {
+        let mut buf = BytesMut::zeroed(self.bytes);
+        // A page-cache hit cannot block: serve it here and skip the hop to
+        // the blocking pool, which costs more than the copy.
+        if self.backend.try_read_nowait(self.offset, &mut buf)? {
+            self.volume.counters.fast_path_hit();
+            return Ok(buf.freeze());
+        }
         let r = blocking(move || {
-            let mut buf = BytesMut::zeroed(self.bytes);
             self.backend.read_at(self.offset, &mut buf)?;
             self.volume.counters.fast_path_hit();
             Ok(buf)
@@ -223,9 +229,22 @@ impl Admission {
         // Waits only while an atomic command holds an overlapping range;
         // otherwise an atomic counter.
         let guard = self.volume.locks().write(self.lba, self.blocks).await;
+        // Without FUA, what the page cache takes without blocking is done
+        // here; only the rest (if any) goes to the blocking pool.
+        let done = if fua {
+            0
+        } else {
+            self.backend.try_write_nowait(self.offset, &data)?
+        };
+        if done == data.len() {
+            drop(guard);
+            self.volume.counters.fast_path_hit();
+            return Ok(());
+        }
         blocking(move || {
             let _guard = guard;
-            self.backend.write_at(self.offset, &data, fua)?;
+            self.backend
+                .write_at(self.offset + done as u64, &data[done..], fua)?;
             self.volume.counters.fast_path_hit();
             Ok(())
         })
