@@ -30,26 +30,27 @@ tools=(busybox-static open-iscsi nvme-cli e2fsprogs kmod)
 libs=(libisns0 libopeniscsiusr libnvme1 libjson-c5 libkmod2 libext2fs2
       libcom-err2 libss2 libdbus-1-3)
 
-# apt's lists are needed to resolve versions; fetch them once if empty.
-if ! apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+# linux-image-amd64 is a metapackage; the kernel is its dependency. apt's
+# lists are needed to resolve it: fetch them once if they are empty.
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+kpkg=$(kernel_pkg)
+if [ -z "$kpkg" ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
+    kpkg=$(kernel_pkg)
 fi
-
-# linux-image-amd64 is a metapackage; the kernel is its dependency.
-kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
 [ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-amd64" >&2; exit 1; }
 pkgs=("$kpkg" "${tools[@]}" "${libs[@]}")
 
-versions=""
+# One apt-cache call for all candidates (each call costs about a second).
+versions=$(apt-cache policy "${pkgs[@]}" |
+    awk '/^[^ ].*:$/ {p = substr($1, 1, length($1) - 1)} /^ +Candidate:/ {print p "=" $2}')
 for p in "${pkgs[@]}"; do
-    v=$(apt-cache policy "$p" | awk '/Candidate:/ {print $2}')
-    if [ -z "$v" ] || [ "$v" = "(none)" ]; then
-        echo "build-guest: no candidate for $p" >&2
+    if ! echo "$versions" | grep -q "^$p=[0-9]"; then
+        echo "build-guest: no candidate version for $p" >&2
         exit 1
     fi
-    versions+="$p=$v"$'\n'
 done
 key=$( { printf '%s' "$versions"; cat "$0"; } | sha256sum | cut -c1-16)
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/vtgt-guest/$key"
@@ -144,14 +145,14 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 echo "127.0.0.1 localhost" >"$root/etc/hosts"
 echo "vtgt-guest" >"$root/etc/hostname"
-printf '%s\n' "$versions" >"$root/etc/vtgt-guest-packages"
+echo "$versions" >"$root/etc/vtgt-guest-packages"
 
 # --- pack -------------------------------------------------------------------------
 mkdir -p "$cache.tmp"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$cache.tmp/base.cpio.gz"
 cp "$x/boot/vmlinuz-$kver" "$cache.tmp/vmlinuz"
 echo "$kver" >"$cache.tmp/kernel-version"
-printf '%s' "$versions" >"$cache.tmp/packages"
+echo "$versions" >"$cache.tmp/packages"
 rm -rf "$cache"
 mv "$cache.tmp" "$cache"
 echo "build-guest: $cache ($(du -sh "$cache" | cut -f1))" >&2

@@ -70,6 +70,21 @@ iscsi_disks() {
     done
 }
 
+# iscsi_disk_at TARGET PORT: the disk of TARGET's session through portal
+# port PORT (the connection's persistent_port in sysfs).
+iscsi_disk_at() {
+    for _s in /sys/class/iscsi_session/session*; do
+        [ "$(cat "$_s/targetname")" = "$1" ] || continue
+        _n=${_s##*session}
+        [ "$(cat "/sys/class/iscsi_connection/connection$_n:0/persistent_port")" = "$2" ] || continue
+        for _b in /sys/block/sd*; do
+            case "$(readlink -f "$_b")" in
+            */session$_n/*) echo "${_b##*/}" ;;
+            esac
+        done
+    done
+}
+
 # wait_iscsi_disks TARGET COUNT: waits until TARGET has COUNT disks, prints them.
 wait_iscsi_disks() {
     _have_disks() { [ "$(iscsi_disks "$1" | wc -l)" -ge "$2" ]; }

@@ -29,12 +29,16 @@ pattern_cross "$a" "$b"
 pattern_cross "$b" "$a"
 pattern_cross "$a" "$b"
 step "log out of portal 1; portal 2 still serves the data"
+d1=$(iscsi_disk_at "$TARGET" "$PORT1")
+d2=$(iscsi_disk_at "$TARGET" "$PORT2")
+echo "portal $PORT1: $d1, portal $PORT2: $d2"
+[ -n "$d1" ] && [ -n "$d2" ] && [ "$d1" != "$d2" ] || fail "cannot tell the paths apart"
 dd if=/dev/urandom of=/tmp/keep bs=1M count=1 2>/dev/null
-dd if=/tmp/keep of="/dev/$a" bs=1M seek=100 count=1 oflag=direct conv=notrunc 2>/dev/null
+dd if=/tmp/keep of="/dev/$d1" bs=1M seek=100 count=1 oflag=direct conv=notrunc 2>/dev/null
 $ISCSIADM -m node -T "$TARGET" -p "$VTGT:$PORT1" --logout
 rest=$(iscsi_disks "$TARGET")
-[ "$(echo "$rest" | wc -w)" -eq 1 ] || fail "expected one path left, have: $rest"
+[ "$rest" = "$d2" ] || fail "expected only $d2 left, have: $rest"
 dd if="/dev/$rest" of=/tmp/keep.back bs=1M skip=100 count=1 iflag=direct 2>/dev/null
 [ "$(sha256sum </tmp/keep)" = "$(sha256sum </tmp/keep.back)" ] || fail "data differs on the remaining path"
-echo "remaining path $rest reads what $a wrote"
+echo "remaining path $rest (portal $PORT2) reads what $d1 (portal $PORT1) wrote"
 $ISCSIADM -m node -T "$TARGET" -p "$VTGT:$PORT2" --logout
