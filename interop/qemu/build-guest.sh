@@ -16,7 +16,7 @@
 # Usage: build-guest.sh [--force]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=../lib.sh
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$here/../lib.sh"
 
 force=0
@@ -128,7 +128,10 @@ kmod_run() { # kmod_run NAME ARGS...: runs the extracted kmod as NAME
     (export LD_LIBRARY_PATH="$libpath" && exec -a "$name" "$x/bin/kmod" "$@")
 }
 kmod_run depmod -b "$x" "$kver"
-mods=(virtio_pci virtio_net iscsi_tcp sd_mod nvme-tcp ext4 crc32c_generic crc32c-intel dm-multipath)
+# nvmet, nvmet-tcp and brd serve run.sh's harness self-test (the kernel's own
+# NVMe/TCP target inside the guest), not the scenarios against vtgt.
+mods=(virtio_pci virtio_net iscsi_tcp sd_mod nvme-tcp ext4 crc32c_generic crc32c-intel dm-multipath
+      nvmet nvmet-tcp brd configfs)
 mkdir -p "$root/lib/modules/$kver"
 for m in "${mods[@]}"; do
     kmod_run modprobe -d "$x" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'

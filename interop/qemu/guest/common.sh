@@ -97,6 +97,40 @@ wait_iscsi_disks() {
 
 # ------------------------------------------------------------------ NVMe ----
 
+# Where the NVMe/TCP target is: vtgt, except in run.sh's harness self-test.
+NVME_ADDR=$VTGT
+[ "${NVMET_SELFTEST:-0}" = 1 ] && NVME_ADDR=127.0.0.1
+
+# nvme_target_ready [BACKING]: nothing against vtgt. In the self-test
+# (NVMET_SELFTEST=1) it sets up the kernel's own NVMe/TCP target (nvmet)
+# on 127.0.0.1:$NPORT inside the guest, subsystem $NQN, namespace 1 on
+# BACKING (default: a 128 MiB ramdisk), so the NVMe scenario scripts can be
+# checked before vtgt serves NVMe/TCP.
+nvme_target_ready() {
+    [ "${NVMET_SELFTEST:-0}" = 1 ] || return 0
+    echo "SELFTEST: kernel nvmet on $NVME_ADDR:$NPORT stands in for vtgt"
+    _back=${1:-}
+    if [ -z "$_back" ]; then
+        /sbin/modprobe brd rd_nr=1 rd_size=$((SIZE / 1024))
+        _back=/dev/ram0
+    fi
+    /sbin/modprobe nvmet
+    /sbin/modprobe nvmet-tcp
+    grep -q configfs /proc/mounts || mount -t configfs configfs /sys/kernel/config
+    _c=/sys/kernel/config/nvmet
+    mkdir "$_c/subsystems/$NQN"
+    echo 1 >"$_c/subsystems/$NQN/attr_allow_any_host"
+    mkdir "$_c/subsystems/$NQN/namespaces/1"
+    echo "$_back" >"$_c/subsystems/$NQN/namespaces/1/device_path"
+    echo 1 >"$_c/subsystems/$NQN/namespaces/1/enable"
+    mkdir "$_c/ports/1"
+    echo tcp >"$_c/ports/1/addr_trtype"
+    echo ipv4 >"$_c/ports/1/addr_adrfam"
+    echo "$NVME_ADDR" >"$_c/ports/1/addr_traddr"
+    echo "$NPORT" >"$_c/ports/1/addr_trsvcid"
+    ln -s "$_c/subsystems/$NQN" "$_c/ports/1/subsystems/$NQN"
+}
+
 # nvme_disks NQN: the namespace block devices of subsystem NQN.
 nvme_disks() {
     for _b in /sys/block/nvme*; do

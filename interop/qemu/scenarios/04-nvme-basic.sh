@@ -1,13 +1,14 @@
 # Scenario 4 (guest side): NVMe/TCP basic. Discovery, connect, the
 # namespace has the volume's size, ext4 round trip with e2fsck, disconnect.
 # Env from run.sh: NPORT NQN SIZE [NVME_CONNECT_ARGS]
-step "nvme discover -t tcp -a $VTGT -s $NPORT"
-$NVME discover -t tcp -a "$VTGT" -s "$NPORT" | tee /tmp/disc
+nvme_target_ready
+step "nvme discover -t tcp -a $NVME_ADDR -s $NPORT"
+$NVME discover -t tcp -a "$NVME_ADDR" -s "$NPORT" | tee /tmp/disc
 grep -q "subnqn: *$NQN" /tmp/disc || fail "discovery log has no entry for $NQN"
-grep -q "traddr: *$VTGT" /tmp/disc || fail "discovery log does not name $VTGT"
-step "nvme connect -t tcp -a $VTGT -s $NPORT -n $NQN ${NVME_CONNECT_ARGS:-}"
+grep -q "traddr: *$NVME_ADDR" /tmp/disc || fail "discovery log does not name $NVME_ADDR"
+step "nvme connect -t tcp -a $NVME_ADDR -s $NPORT -n $NQN ${NVME_CONNECT_ARGS:-}"
 # shellcheck disable=SC2086 # NVME_CONNECT_ARGS is a list of flags
-$NVME connect -t tcp -a "$VTGT" -s "$NPORT" -n "$NQN" ${NVME_CONNECT_ARGS:-}
+$NVME connect -t tcp -a "$NVME_ADDR" -s "$NPORT" -n "$NQN" ${NVME_CONNECT_ARGS:-}
 ns=$(wait_nvme_disks "$NQN" 1)
 step "nvme list"
 $NVME list | tee /tmp/list

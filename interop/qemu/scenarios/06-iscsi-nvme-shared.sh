@@ -8,8 +8,9 @@ $ISCSIADM -m discovery -t sendtargets -p "$VTGT:$PORT1"
 $ISCSIADM -m node -T "$TARGET" -p "$VTGT:$PORT1" --login
 sd=$(wait_iscsi_disks "$TARGET" 1)
 step "NVMe/TCP: discover and connect"
-$NVME discover -t tcp -a "$VTGT" -s "$NPORT"
-$NVME connect -t tcp -a "$VTGT" -s "$NPORT" -n "$NQN"
+nvme_target_ready "/dev/$sd"   # self-test only: nvmet re-exports the iSCSI disk
+$NVME discover -t tcp -a "$NVME_ADDR" -s "$NPORT"
+$NVME connect -t tcp -a "$NVME_ADDR" -s "$NPORT" -n "$NQN"
 ns=$(wait_nvme_disks "$NQN" 1)
 expect_size "$sd" "$SIZE"
 expect_size "$ns" "$SIZE"

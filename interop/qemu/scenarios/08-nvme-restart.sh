@@ -2,8 +2,9 @@
 # short reconnect delay and a controller-loss timeout longer than the
 # outage, so the host reconnects by itself.
 # Env from run.sh: NPORT NQN SIZE CTL_PORT
-$NVME discover -t tcp -a "$VTGT" -s "$NPORT"
-$NVME connect -t tcp -a "$VTGT" -s "$NPORT" -n "$NQN" --reconnect-delay=1 --ctrl-loss-tmo=90
+nvme_target_ready
+$NVME discover -t tcp -a "$NVME_ADDR" -s "$NPORT"
+$NVME connect -t tcp -a "$NVME_ADDR" -s "$NPORT" -n "$NQN" --reconnect-delay=1 --ctrl-loss-tmo=90
 ns=$(wait_nvme_disks "$NQN" 1)
 $MKFS -t ext4 -q -F "/dev/$ns"
 mkdir -p "$MNT"
