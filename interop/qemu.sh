@@ -7,7 +7,7 @@
 # Prints "qemu: N passed, N failed, N skipped" and exits non-zero on any
 # failure. A skipped scenario (NVMe/TCP while vtgt has none) never counts as
 # passed. QEMU_SCENARIOS="01-iscsi-basic 03-iscsi-multipath" runs a subset.
-# Logs: $VTGT_QEMU_LOGS (default /tmp/vtgt-qemu-logs).
+# Logs: $VTGT_QEMU_LOGS (default /tmp/qemu-interop-logs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh

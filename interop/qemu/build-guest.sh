@@ -61,7 +61,7 @@ if [ "$force" -eq 0 ] && [ -s "$cache/vmlinuz" ] && [ -s "$cache/base.cpio.gz" ]
     exit 0
 fi
 
-work=$(mktemp -d /tmp/vtgt-guest-build.XXXXXX)
+work=$(mktemp -d /tmp/qemu-guest-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/debs" "$work/x" "$work/root"
 chmod 0755 "$work"

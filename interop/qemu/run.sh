@@ -13,7 +13,7 @@
 # restrict=on: the guest reaches nothing else.
 #
 # Environment: VTGT_BIN (else cargo build), QEMU_TIMEOUT (300 s),
-# VTGT_QEMU_LOGS (where logs are kept; /tmp/vtgt-qemu-logs).
+# VTGT_QEMU_LOGS (where logs are kept; /tmp/qemu-interop-logs).
 #
 # QEMU_NVMET_SELFTEST=1 checks the harness itself while vtgt has no
 # NVMe/TCP: the NVMe scenarios then run against the guest kernel's own
@@ -32,13 +32,15 @@ scen_file=$here/scenarios/$scen.sh
 need_packages qemu-system-x86 socat cpio python3
 
 timeout_s=${QEMU_TIMEOUT:-300}
-logdir=${VTGT_QEMU_LOGS:-/tmp/vtgt-qemu-logs}
+logdir=${VTGT_QEMU_LOGS:-/tmp/qemu-interop-logs}
 mkdir -p "$logdir"
 serial=$logdir/$scen.serial.log
 vlog=$logdir/$scen.vtgt.log
 rm -f "$serial" "$logdir/$scen".vtgt*.log
 
-work=$(mktemp -d /tmp/vtgt-qemu.XXXXXX)
+# (Not named /tmp/vtgt-*: a cleanup of other runs' leftovers by that glob
+# must not pull the files from under a running guest.)
+work=$(mktemp -d /tmp/qemu-interop.XXXXXX)
 qpid=""
 # shellcheck disable=SC2317 # called through the EXIT trap
 cleanup() {
@@ -194,11 +196,14 @@ EOF
 cat "$base" "$work/overlay.cpio.gz" >"$work/initrd"
 
 # One guestfwd per port; a control channel (CTL_PORT) serves the state file
-# the restart scenario polls.
+# the restart scenario polls. QEMU hands the relay the guest connection as
+# stdin, stdout AND stderr, so socat must log to a file: its messages (say,
+# "Connection refused" while vtgt restarts) would otherwise land in the
+# guest's TCP stream as bytes of a PDU.
 : >"$work/ctl"
 fwd=""
 for port in "$PORT1" "$PORT2" "$NPORT"; do
-    fwd+=",guestfwd=tcp:10.0.2.100:$port-cmd:socat - TCP:127.0.0.1:$port"
+    fwd+=",guestfwd=tcp:10.0.2.100:$port-cmd:socat -lf $work/relay.log - TCP:127.0.0.1:$port"
 done
 fwd+=",guestfwd=tcp:10.0.2.100:$CTL_PORT-cmd:cat $work/ctl"
 
@@ -282,6 +287,7 @@ SKIP)
     echo "---- guest serial log ($serial):"
     tail -n 120 "$serial" 2>/dev/null | tr -d '\r' || true
     cat "$work/qemu.out" || true
+    [ -s "$work/relay.log" ] && { echo "---- relay (socat) messages:"; tail -n 10 "$work/relay.log"; }
     echo "---- vtgt log (last 40 lines):"
     tail -n 40 "$vlog" || true
     echo "FAIL: $scen: $verdict (${elapsed}s)"

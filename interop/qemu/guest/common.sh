@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2034,SC3040 # variables for the scenarios; busybox ash has pipefail
 # Guest-side helpers for the scenarios (busybox sh). /init sources
 # /scenario.env (written by run.sh), then this file, then the scenario.
 # Real tools are called by full path: busybox has applets of some of their
@@ -86,8 +87,8 @@ iscsi_disk_at() {
 }
 
 # wait_iscsi_disks TARGET COUNT: waits until TARGET has COUNT disks, prints them.
+_have_disks() { [ "$(iscsi_disks "$1" | wc -l)" -ge "$2" ]; }
 wait_iscsi_disks() {
-    _have_disks() { [ "$(iscsi_disks "$1" | wc -l)" -ge "$2" ]; }
     wait_for 30 _have_disks "$1" "$2" || {
         iscsiadm -m session -P 3 || true
         fail "target $1: expected $2 disk(s), found: $(iscsi_disks "$1" | tr '\n' ' ')"
@@ -142,8 +143,8 @@ nvme_disks() {
     return 0
 }
 
+_have_ns() { [ "$(nvme_disks "$1" | wc -l)" -ge "$2" ]; }
 wait_nvme_disks() {
-    _have_ns() { [ "$(nvme_disks "$1" | wc -l)" -ge "$2" ]; }
     wait_for 30 _have_ns "$1" "$2" || {
         $NVME list || true
         fail "subsystem $1: expected $2 namespace(s), found: $(nvme_disks "$1" | tr '\n' ' ')"

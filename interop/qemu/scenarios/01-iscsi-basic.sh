@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 1 (guest side): iSCSI basic. SendTargets discovery, login, the
 # disk has the volume's size, ext4 round trip with e2fsck, logout.
 # Env from run.sh: PORT1 TARGET SIZE

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 2 (guest side): mutual CHAP with CRC32C header and data digests.
 # A wrong secret is refused; the right one logs in and carries I/O; the
 # session really negotiated CRC32C digests.

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 3 (guest side): two portals, two sessions to one LU. Both paths
 # show the same device identity; data written through one path (O_DIRECT)
 # reads back identically through the other, both ways; with one path logged
@@ -12,9 +13,9 @@ grep -q "^$VTGT:$PORT1,[0-9]* $TARGET\$" /tmp/disc || fail "portal 1 not reporte
 grep -q "^$VTGT:$PORT2,[0-9]* $TARGET\$" /tmp/disc || fail "portal 2 not reported"
 step "iscsiadm -m node -T $TARGET --login (both portals)"
 $ISCSIADM -m node -T "$TARGET" --login
-set -- $(wait_iscsi_disks "$TARGET" 2)
-a=$1
-b=$2
+disks=$(wait_iscsi_disks "$TARGET" 2)
+a=$(echo "$disks" | sed -n 1p)
+b=$(echo "$disks" | sed -n 2p)
 [ "$($ISCSIADM -m session | grep -c "$TARGET")" -eq 2 ] || fail "expected two sessions"
 $ISCSIADM -m session
 wa=$(cat "/sys/block/$a/device/wwid")
@@ -32,7 +33,9 @@ step "log out of portal 1; portal 2 still serves the data"
 d1=$(iscsi_disk_at "$TARGET" "$PORT1")
 d2=$(iscsi_disk_at "$TARGET" "$PORT2")
 echo "portal $PORT1: $d1, portal $PORT2: $d2"
-[ -n "$d1" ] && [ -n "$d2" ] && [ "$d1" != "$d2" ] || fail "cannot tell the paths apart"
+if [ -z "$d1" ] || [ -z "$d2" ] || [ "$d1" = "$d2" ]; then
+    fail "cannot tell the paths apart"
+fi
 dd if=/dev/urandom of=/tmp/keep bs=1M count=1 2>/dev/null
 dd if=/tmp/keep of="/dev/$d1" bs=1M seek=100 count=1 oflag=direct conv=notrunc 2>/dev/null
 $ISCSIADM -m node -T "$TARGET" -p "$VTGT:$PORT1" --logout

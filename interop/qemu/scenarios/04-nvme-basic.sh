@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 4 (guest side): NVMe/TCP basic. Discovery, connect, the
 # namespace has the volume's size, ext4 round trip with e2fsck, disconnect.
 # Env from run.sh: NPORT NQN SIZE [NVME_CONNECT_ARGS]

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 6 (guest side): one volume exported over iSCSI and NVMe/TCP at
 # once. A filesystem written through the iSCSI disk reads back through the
 # NVMe namespace (and raw O_DIRECT data both ways).

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 7 (guest side): vtgt restarts under a mounted filesystem. A
 # write loop (each write fsync'ed) runs while the host kills vtgt (round 1:
 # kill -9, round 2: SIGTERM) and starts it again on the same ports; the
@@ -5,6 +6,7 @@
 # Every write confirmed before the final sync is then intact, after a
 # cold remount, and e2fsck is clean.
 # Env from run.sh: PORT1 TARGET SIZE CTL_PORT
+# shellcheck disable=SC2034 # read by iscsid_start
 ISCSI_REPLACEMENT_TIMEOUT=90
 iscsid_start
 $ISCSIADM -m discovery -t sendtargets -p "$VTGT:$PORT1"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Scenario 8 (guest side): scenario 7 over NVMe/TCP. nvme connect with a
 # short reconnect delay and a controller-loss timeout longer than the
 # outage, so the host reconnects by itself.
