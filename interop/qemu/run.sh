@@ -126,14 +126,13 @@ cfg=$work/vtgt.toml
     echo "id = 0"
     echo "volume = \"vol\""
     if [ "$nvme" -eq 1 ]; then
-        # The NVMe/TCP section as the nvme branch is expected to take it
-        # (portals like iSCSI's, subsystems with namespaces on volumes).
+        # NVMe/TCP as vtgt's config takes it (examples/nvme.toml on the
+        # nvme branch): ports under [nvme], subsystems with namespaces.
         echo "[nvme]"
-        echo "[[nvme.portals]]"
-        echo "listen = \"127.0.0.1:$NPORT\""
-        echo "advertise = \"10.0.2.100:$NPORT\""
+        echo "listen = [{ listen = \"127.0.0.1:$NPORT\", advertise = \"10.0.2.100:$NPORT\" }]"
         echo "[[subsystem]]"
         echo "nqn = \"$NQN\""
+        echo "allow_any_host = true"
         echo "[[subsystem.namespace]]"
         echo "nsid = 1"
         echo "volume = \"vol\""
