@@ -145,7 +145,7 @@ if [ "$nvme" -eq 1 ]; then
     help=$("$bin" serve --help 2>&1 || true)
     if ! echo "$help" | grep -qi nvme || echo "$help" | grep -qi 'nvme.*not served' ||
         ! "$bin" check-config "$cfg" >"$work/check.out" 2>&1; then
-        echo "SKIP: NVMe/TCP not available: vtgt has no [nvme] support"
+        echo "SKIP: NVMe/TCP not available: vtgt has no [nvme] support ($scen)"
         [ -s "$work/check.out" ] && sed 's/^/    check-config: /' "$work/check.out" | head -3
         exit 77
     fi
