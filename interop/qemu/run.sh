@@ -139,14 +139,27 @@ cfg=$work/vtgt.toml
     fi
 } >"$cfg"
 
-# NVMe/TCP is served only once vtgt has it: its help must not call it
-# unserved, and it must accept the [nvme] config.
+# NVMe/TCP is served only once vtgt has it: its help must name it (and not
+# as unserved), and its config must know [nvme] and [[subsystem]]. A config
+# vtgt rejects for any other reason is a failure, not a skip.
 if [ "$nvme" -eq 1 ]; then
     help=$("$bin" serve --help 2>&1 || true)
-    if ! echo "$help" | grep -qi nvme || echo "$help" | grep -qi 'nvme.*not served' ||
-        ! "$bin" check-config "$cfg" >"$work/check.out" 2>&1; then
-        echo "SKIP: NVMe/TCP not available: vtgt has no [nvme] support ($scen)"
-        [ -s "$work/check.out" ] && sed 's/^/    check-config: /' "$work/check.out" | head -3
+    why=""
+    if ! grep -qi nvme <<<"$help"; then
+        why="vtgt serve --help does not mention NVMe"
+    elif grep -qi 'nvme.*not served' <<<"$help"; then
+        why="vtgt serve --help says NVMe/TCP is not served yet"
+    elif ! "$bin" check-config "$cfg" >"$work/check.out" 2>&1; then
+        if grep -qiE 'unknown field .?(nvme|subsystem)' "$work/check.out"; then
+            why="vtgt check-config: $(head -c 300 "$work/check.out" | tr '\n' ' ')"
+        else
+            echo "FAIL: $scen: vtgt check-config rejects the scenario's config:" >&2
+            cat "$work/check.out" >&2
+            exit 1
+        fi
+    fi
+    if [ -n "$why" ]; then
+        echo "SKIP: NVMe/TCP not available: vtgt has no [nvme] support ($scen: $why)"
         exit 77
     fi
 fi
