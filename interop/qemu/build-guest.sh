@@ -26,9 +26,9 @@ need_packages cpio gzip
 
 # The packages the guest is made of. Libraries whose package the host may
 # lack are listed too; everything else a binary links to comes from the host.
-tools=(busybox-static open-iscsi nvme-cli e2fsprogs kmod)
+tools=(busybox-static open-iscsi nvme-cli e2fsprogs kmod dmsetup)
 libs=(libisns0 libopeniscsiusr libnvme1 libjson-c5 libkmod2 libext2fs2
-      libcom-err2 libss2 libdbus-1-3)
+      libcom-err2 libss2 libdbus-1-3 libdevmapper1.02.1)
 
 # linux-image-amd64 is a metapackage; the kernel is its dependency. apt's
 # lists are needed to resolve it: fetch them once if they are empty.
@@ -87,7 +87,7 @@ install -m 0755 "$x/bin/kmod" "$root/bin/kmod"
 for t in modprobe insmod rmmod lsmod depmod modinfo; do
     ln -sf /bin/kmod "$root/sbin/$t"
 done
-for t in iscsid iscsiadm iscsi-iname mke2fs e2fsck tune2fs dumpe2fs; do
+for t in iscsid iscsiadm iscsi-iname mke2fs e2fsck tune2fs dumpe2fs dmsetup; do
     install -m 0755 "$x/sbin/$t" "$root/sbin/$t"
 done
 ln -sf mke2fs "$root/sbin/mkfs.ext4"
@@ -97,14 +97,14 @@ install -m 0755 "$x/usr/sbin/nvme" "$root/usr/sbin/nvme"
 # Busybox applets, except where a real tool of the same name exists.
 "$root/bin/busybox" --list-full | while read -r applet; do
     name=${applet##*/}
-    case $name in busybox|modprobe|insmod|rmmod|lsmod|depmod|modinfo|mke2fs|e2fsck|mkfs.ext4|fsck.ext4|tune2fs|dumpe2fs|nvme) continue ;; esac
+    case $name in busybox|dmsetup|modprobe|insmod|rmmod|lsmod|depmod|modinfo|mke2fs|e2fsck|mkfs.ext4|fsck.ext4|tune2fs|dumpe2fs|nvme) continue ;; esac
     [ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 done
 
 # Shared libraries: resolve with ldd, extracted packages first.
 libpath="$x/lib/x86_64-linux-gnu:$x/usr/lib/x86_64-linux-gnu"
 mkdir -p "$root/lib/x86_64-linux-gnu"
-for b in "$root/bin/kmod" "$root"/sbin/{iscsid,iscsiadm,iscsi-iname,mke2fs,e2fsck,tune2fs,dumpe2fs} "$root/usr/sbin/nvme"; do
+for b in "$root/bin/kmod" "$root"/sbin/{iscsid,iscsiadm,iscsi-iname,mke2fs,e2fsck,tune2fs,dumpe2fs,dmsetup} "$root/usr/sbin/nvme"; do
     out=$(LD_LIBRARY_PATH=$libpath ldd "$b")
     if echo "$out" | grep -q 'not found'; then
         echo "build-guest: $b: missing libraries:" >&2
@@ -130,7 +130,7 @@ kmod_run() { # kmod_run NAME ARGS...: runs the extracted kmod as NAME
 kmod_run depmod -b "$x" "$kver"
 # nvmet, nvmet-tcp and brd serve run.sh's harness self-test (the kernel's own
 # NVMe/TCP target inside the guest), not the scenarios against vtgt.
-mods=(virtio_pci virtio_net iscsi_tcp sd_mod nvme-tcp ext4 crc32c_generic crc32c-intel dm-multipath
+mods=(virtio_pci virtio_net iscsi_tcp sd_mod nvme-tcp ext4 crc32c_generic crc32c-intel dm-multipath dm-round-robin
       nvmet nvmet-tcp brd configfs)
 mkdir -p "$root/lib/modules/$kver"
 for m in "${mods[@]}"; do

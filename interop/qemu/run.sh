@@ -282,7 +282,7 @@ fi
 
 case $verdict in
 PASS)
-    grep -aE '^(== |SELFTEST|VTGT-GUEST|disk:|nvme|/dev/|sd[a-z]+:|wrote via|remaining|refused|all [0-9]+|restart_loop|round|host restarted|.*Digest:)' "$serial" |
+    grep -aE '^(== |SELFTEST|VTGT-GUEST|disk:|nvme|/dev/|sd[a-z]+:|wrote via|remaining|refused|all [0-9]+|restart_loop|round|host restarted|.*Digest:|dm-multipath|4 MiB)' "$serial" |
         sed 's/^/   /' || true
     if [ "$selftest" -eq 1 ]; then
         echo "SELFTEST PASS: $scen against the guest kernel's nvmet, NOT vtgt (${elapsed}s)"
