@@ -24,11 +24,14 @@ force=0
 
 need_packages cpio gzip
 
-# The packages the guest is made of. Libraries whose package the host may
-# lack are listed too; everything else a binary links to comes from the host.
+# The packages the guest is made of, with the libraries their binaries link
+# to, so the guest does not depend on what the host has installed; only the
+# C library and the dynamic loader come from the host (same Debian release).
 tools=(busybox-static open-iscsi nvme-cli e2fsprogs kmod dmsetup)
 libs=(libisns0 libopeniscsiusr libnvme1 libjson-c5 libkmod2 libext2fs2
-      libcom-err2 libss2 libdbus-1-3 libdevmapper1.02.1)
+      libcom-err2 libss2 libdbus-1-3 libdevmapper1.02.1 libssl3 libsystemd0
+      libselinux1 libpcre2-8-0 libgcrypt20 liblz4-1 libzstd1 liblzma5 libcap2
+      libgpg-error0 zlib1g libblkid1 libmount1 libuuid1 libudev1)
 
 # linux-image-amd64 is a metapackage; the kernel is its dependency. apt's
 # lists are needed to resolve it: fetch them once if they are empty.
