@@ -251,7 +251,10 @@ if [ "$restart" -eq 1 ]; then
                 stop_vtgt
             fi
             sleep 2
-            start "$logdir/$scen.vtgt.$round.log"
+            if ! start "$logdir/$scen.vtgt.$round.log"; then
+                echo "FAIL: $scen: vtgt did not come back up for restart round $round"
+                exit 1
+            fi
             echo "   round $round: vtgt restarted (pid $VTGT_PID)"
             echo "restarted $round" >"$work/ctl"
         fi
@@ -302,7 +305,7 @@ SKIP)
     [ -s "$work/relay.log" ] && { echo "---- relay (socat) messages:"; tail -n 10 "$work/relay.log"; }
     echo "---- vtgt log (last 40 lines):"
     tail -n 40 "$vlog" || true
-    echo "FAIL: $scen: $verdict (${elapsed}s)"
+    echo "FAIL: $scen: ${verdict#FAIL } (${elapsed}s)"
     exit 1
     ;;
 esac
