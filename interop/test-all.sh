@@ -25,3 +25,10 @@ bash interop/libiscsi.sh
 
 echo "== interop: prometheus"
 bash interop/prometheus.sh
+
+# Real Linux hosts (open-iscsi, nvme-cli) in a QEMU guest; a few minutes on
+# 2 cores. VTGT_SKIP_QEMU=1 leaves it out.
+if [ "${VTGT_SKIP_QEMU:-0}" != 1 ]; then
+    echo "== interop: real hosts in QEMU"
+    bash interop/qemu.sh
+fi
