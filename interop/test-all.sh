@@ -10,14 +10,16 @@ cd "$root"
 # Debian packages the interop suites use.
 need_packages libiscsi-bin prometheus jq curl
 
+log=$(mktemp /tmp/cargo-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
 echo "== cargo test --workspace"
-cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/vtgt-cargo-test.log | grep -E '^(test result|running|error|failures|---- )|panicked' || true
-if grep -qE '^test result: FAILED|^error(\[|:)' /tmp/vtgt-cargo-test.log; then
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" | grep -E '^(test result|running|error|failures|---- )|panicked' || true
+if grep -qE '^test result: FAILED|^error(\[|:)' "$log"; then
     echo "cargo test failed" >&2
-    grep -A30 '^failures:' /tmp/vtgt-cargo-test.log | head -80 >&2 || true
+    grep -A30 '^failures:' "$log" | head -80 >&2 || true
     exit 1
 fi
-summary=$(awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d ignored", p, f, i}' /tmp/vtgt-cargo-test.log)
+summary=$(awk '/^test result:/ {p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d ignored", p, f, i}' "$log")
 echo "cargo: $summary"
 
 echo "== interop: libiscsi"
