@@ -11,10 +11,11 @@ use anyhow::{anyhow, bail, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use vtgt_initiator::{DataDir, LoginConfig, Session};
+use vtgt_initiator::{nvme, DataDir, LoginConfig, Session};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    pub protocol: Protocol,
     pub portal: SocketAddr,
     pub target: String,
     pub lun: u64,
@@ -31,6 +32,118 @@ pub struct BenchConfig {
     pub verify: bool,
     pub digests: bool,
     pub progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Iscsi,
+    /// NVMe/TCP; `target` is the subsystem NQN and `lun` the namespace ID.
+    Nvme,
+}
+
+/// One connection to the target, whichever protocol it speaks.
+enum Client {
+    Iscsi(Session),
+    Nvme {
+        ctrl: nvme::Controller,
+        queue: nvme::Queue,
+        nsid: u32,
+    },
+}
+
+impl Client {
+    async fn connect(cfg: &BenchConfig, i: u32) -> Result<Client> {
+        match cfg.protocol {
+            Protocol::Iscsi => {
+                let mut lc = LoginConfig::new(
+                    &format!("iqn.2026-11.org.vtgt:bench-{i}"),
+                    Some(&cfg.target),
+                );
+                if cfg.digests {
+                    lc = lc.key("HeaderDigest", "CRC32C").key("DataDigest", "CRC32C");
+                }
+                lc = lc
+                    .key("MaxRecvDataSegmentLength", "262144")
+                    .key("MaxBurstLength", "1048576")
+                    .key("FirstBurstLength", "262144");
+                Ok(Client::Iscsi(Session::login(cfg.portal, lc).await?))
+            }
+            Protocol::Nvme => {
+                let mut host = nvme::HostConfig::new(&format!("nqn.2026-11.org.vtgt:bench-{i}"));
+                host.digests.header = cfg.digests;
+                host.digests.data = cfg.digests;
+                let ctrl = nvme::Controller::connect(cfg.portal, &host, &cfg.target)
+                    .await
+                    .map_err(|e| anyhow!("NVMe connect: {e}"))?;
+                ctrl.set_num_queues(1).await.map_err(|e| anyhow!("{e}"))?;
+                let size = (cfg.queue_depth + 1).clamp(2, 1024) as u16;
+                let queue = ctrl
+                    .connect_io_queue(1, size)
+                    .await
+                    .map_err(|e| anyhow!("NVMe I/O queue: {e}"))?;
+                let nsid = if cfg.lun == 0 { 1 } else { cfg.lun as u32 };
+                Ok(Client::Nvme { ctrl, queue, nsid })
+            }
+        }
+    }
+
+    /// (blocks, block size) of the LUN or namespace.
+    async fn capacity(&self, lun: u64) -> Result<(u64, u32)> {
+        match self {
+            Client::Iscsi(s) => capacity(s, lun).await,
+            Client::Nvme { ctrl, nsid, .. } => {
+                let id = ctrl.identify_ns(*nsid).await.map_err(|e| anyhow!("{e}"))?;
+                Ok((id.nsze, 1u32 << id.lbads.min(16)))
+            }
+        }
+    }
+
+    /// One read or write; `Ok(None)` is a command the target failed.
+    async fn io(
+        &self,
+        lun: u64,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        lbs: u32,
+        data: Bytes,
+    ) -> Result<Option<Bytes>> {
+        match self {
+            Client::Iscsi(s) => {
+                let (dir, len) = if write {
+                    (DataDir::Write, data.len() as u32)
+                } else {
+                    (DataDir::Read, blocks * lbs)
+                };
+                let r = s
+                    .command(lun, &rw16(write, lba, blocks), dir, len, data)
+                    .await?;
+                Ok((r.status == 0).then_some(r.data))
+            }
+            Client::Nvme { queue, nsid, .. } => {
+                let r = if write {
+                    queue
+                        .write(*nsid, lba, data, lbs, false)
+                        .await
+                        .map(|_| Bytes::new())
+                } else {
+                    queue.read(*nsid, lba, blocks, lbs).await
+                };
+                match r {
+                    Ok(d) => Ok(Some(d)),
+                    Err(nvme::NvmeError::Status(_)) => Ok(None),
+                    Err(e) => Err(anyhow!("{e}")),
+                }
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Client::Iscsi(s) => s.is_closed(),
+            Client::Nvme { queue, .. } => queue.is_closed(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,22 +263,11 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     let lun = lun_field(cfg.lun);
     let mut sessions = Vec::new();
     for i in 0..cfg.connections {
-        let mut lc = LoginConfig::new(
-            &format!("iqn.2026-11.org.vtgt:bench-{i}"),
-            Some(&cfg.target),
-        );
-        if cfg.digests {
-            lc = lc.key("HeaderDigest", "CRC32C").key("DataDigest", "CRC32C");
-        }
-        lc = lc
-            .key("MaxRecvDataSegmentLength", "262144")
-            .key("MaxBurstLength", "1048576")
-            .key("FirstBurstLength", "262144");
-        sessions.push(Arc::new(Session::login(cfg.portal, lc).await?));
+        sessions.push(Arc::new(Client::connect(&cfg, i).await?));
     }
-    let (nblocks, lbs) = capacity(&sessions[0], lun).await?;
+    let (nblocks, lbs) = sessions[0].capacity(lun).await?;
     for s in &sessions[1..] {
-        capacity(s, lun).await?;
+        s.capacity(lun).await?;
     }
     if !cfg.block_size.is_multiple_of(lbs) {
         bail!(
@@ -251,8 +353,15 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     }
     let secs = start.elapsed().as_secs_f64();
     for s in sessions {
-        if let Ok(s) = Arc::try_unwrap(s) {
-            let _ = s.logout().await;
+        match Arc::try_unwrap(s) {
+            Ok(Client::Iscsi(s)) => {
+                let _ = s.logout().await;
+            }
+            Ok(Client::Nvme { queue, ctrl, .. }) => {
+                queue.close().await;
+                ctrl.close().await;
+            }
+            Err(_) => {}
         }
     }
     lat.sort_unstable();
@@ -301,7 +410,7 @@ struct WorkerStats {
 
 #[allow(clippy::too_many_arguments)]
 async fn worker(
-    s: Arc<Session>,
+    s: Arc<Client>,
     lun: u64,
     shared: Arc<Shared>,
     cfg: BenchConfig,
@@ -361,40 +470,24 @@ async fn worker(
         }
         let lba = slot * per_io;
         let t = Instant::now();
-        let r = if read {
-            s.command(
-                lun,
-                &rw16(false, lba, per_io as u32),
-                DataDir::Read,
-                bs as u32,
-                Bytes::new(),
-            )
-            .await
+        let data = if read {
+            Bytes::new()
+        } else if cfg.verify {
+            wseq += 1;
+            let seq = (id << 40) | wseq;
+            let mut b = BytesMut::with_capacity(bs);
+            for i in 0..per_io {
+                fill_block(&mut b, lba + i, seq, lbs as usize);
+            }
+            seqs[(slot - lo) as usize] = seq;
+            b.freeze()
         } else {
-            let data = if cfg.verify {
-                wseq += 1;
-                let seq = (id << 40) | wseq;
-                let mut b = BytesMut::with_capacity(bs);
-                for i in 0..per_io {
-                    fill_block(&mut b, lba + i, seq, lbs as usize);
-                }
-                seqs[(slot - lo) as usize] = seq;
-                b.freeze()
-            } else {
-                fixed.clone()
-            };
-            s.command(
-                lun,
-                &rw16(true, lba, per_io as u32),
-                DataDir::Write,
-                bs as u32,
-                data,
-            )
-            .await
+            fixed.clone()
         };
+        let r = s.io(lun, !read, lba, per_io as u32, lbs, data).await;
         let ns = t.elapsed().as_nanos() as u64;
         match r {
-            Ok(res) if res.status == 0 => {
+            Ok(Some(res_data)) => {
                 st.latencies.push(ns);
                 shared.bytes.fetch_add(bs as u64, Ordering::Relaxed);
                 shared.completed.fetch_add(1, Ordering::Relaxed);
@@ -403,7 +496,7 @@ async fn worker(
                     if cfg.verify {
                         let seq = seqs[(slot - lo) as usize];
                         for i in 0..per_io as usize {
-                            let b = res.data.get(i * lbs as usize..(i + 1) * lbs as usize);
+                            let b = res_data.get(i * lbs as usize..(i + 1) * lbs as usize);
                             if b.is_some_and(|b| check_block(b, lba + i as u64, seq)) {
                                 st.verified += 1;
                             } else {
@@ -415,7 +508,7 @@ async fn worker(
                     st.writes += 1;
                 }
             }
-            Ok(_) | Err(_) => {
+            Ok(None) | Err(_) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 if s.is_closed() {
                     break;

@@ -73,8 +73,9 @@ struct BenchArgs {
     target: String,
     #[arg(long, default_value_t = 0)]
     lun: u64,
-    /// Protocol (iscsi; nvme once NVMe/TCP lands).
-    #[arg(long, default_value = "iscsi", value_parser = ["iscsi"])]
+    /// Protocol: iscsi, or nvme (NVMe/TCP: --target is the subsystem NQN,
+    /// --lun the namespace ID, default 1).
+    #[arg(long, default_value = "iscsi", value_parser = ["iscsi", "nvme"])]
     protocol: String,
     /// Access pattern.
     #[arg(long, default_value = "randread", value_parser = ["read", "write", "randread", "randwrite", "rw", "randrw"])]
@@ -396,6 +397,11 @@ fn bench(a: BenchArgs) -> ExitCode {
             .map_err(|e| anyhow::anyhow!(e))?
             .map(|b| b / 512);
         Ok(vtgt::bench::BenchConfig {
+            protocol: if a.protocol == "nvme" {
+                vtgt::bench::Protocol::Nvme
+            } else {
+                vtgt::bench::Protocol::Iscsi
+            },
             portal: a.portal,
             target: a.target.clone(),
             lun: a.lun,
