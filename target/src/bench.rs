@@ -45,7 +45,7 @@ pub enum Protocol {
 enum Client {
     Iscsi(Session),
     Nvme {
-        ctrl: nvme::Controller,
+        ctrl: Box<nvme::Controller>,
         queue: nvme::Queue,
         nsid: u32,
     },
@@ -82,7 +82,11 @@ impl Client {
                     .await
                     .map_err(|e| anyhow!("NVMe I/O queue: {e}"))?;
                 let nsid = if cfg.lun == 0 { 1 } else { cfg.lun as u32 };
-                Ok(Client::Nvme { ctrl, queue, nsid })
+                Ok(Client::Nvme {
+                    ctrl: Box::new(ctrl),
+                    queue,
+                    nsid,
+                })
             }
         }
     }

@@ -22,6 +22,12 @@ fn run_to_end(args: &[&str]) -> (i32, String) {
 
 /// Starts `vtgt serve ARGS` and returns it with its bound iSCSI portal.
 fn start(args: &[&str]) -> (Child, SocketAddr) {
+    let (c, a, _) = start_both(args);
+    (c, a)
+}
+
+/// Like [`start`], also returning the NVMe/TCP port.
+fn start_both(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
@@ -38,21 +44,31 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let markers = [
+            (0, "iSCSI portal up listen="),
+            (1, "NVMe/TCP port up listen="),
+        ];
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("iSCSI portal up listen=") {
-                let addr = line[i + 23..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                let _ = tx.send(addr);
+            for (kind, marker) in markers {
+                if let Some(i) = line.find(marker) {
+                    let rest = &line[i + marker.len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send((kind, addr));
+                }
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("vtgt did not report its portal");
-    (child, addr.parse().expect("portal address"))
+    let mut got = [None, None];
+    while got.iter().any(Option::is_none) {
+        let (kind, addr) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("vtgt did not report its portals");
+        got[kind] = Some(addr.parse::<SocketAddr>().expect("portal address"));
+    }
+    let [Some(iscsi), Some(nvme)] = got else {
+        unreachable!("both portals were reported")
+    };
+    (child, iscsi, nvme)
 }
 
 fn cdb10(op: u8, flags: u8, lba: u32, blocks: u16) -> [u8; 10] {
@@ -198,7 +214,42 @@ fn fua_writes_survive_kill_9_and_sigterm_is_clean() {
 fn bench_smoke_runs_and_verifies_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
-    let (mut child, addr) = start(&["--data-dir", &data, "--iscsi-listen", "127.0.0.1:0"]);
+    let (mut child, addr, nvme) =
+        start_both(&["--data-dir", &data, "--iscsi-listen", "127.0.0.1:0"]);
+    // NVMe/TCP too, on the embedded default's subsystem.
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--protocol",
+            "nvme",
+            "--portal",
+            &nvme.to_string(),
+            "--target",
+            "nqn.2026-11.org.vtgt:default",
+            "--rw",
+            "randrw",
+            "--qd",
+            "4",
+            "--ios",
+            "2000",
+            "--range",
+            "16MiB",
+            "--verify",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["errors"].as_u64(), v["verify_failures"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(v["verified_blocks"].as_u64().unwrap() > 0);
     let out = Command::new(BIN)
         .args([
             "bench",
