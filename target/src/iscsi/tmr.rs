@@ -90,6 +90,12 @@ async fn run(conn: &mut Conn, req: &pdu::TaskMgmtRequest) -> u8 {
             }
             for lu in target.luns().values() {
                 scsi::lun_reset(lu, conn.session.nexus).await;
+                if req.function == tmf::TARGET_COLD_RESET {
+                    // A cold reset is a power cycle as far as hosts know.
+                    lu.control()
+                        .raise_all(vtgt_engine::Notice::PowerOn, None)
+                        .await;
+                }
             }
             tmf::FUNCTION_COMPLETE
         }
