@@ -673,7 +673,11 @@ impl Conn {
             if !session.tasks.lock().contains_key(&itt) {
                 return;
             }
-            let luns = target.as_ref().map(|t| t.lun_ids()).unwrap_or_default();
+            // Only REPORT LUNS needs the list; don't build it per I/O.
+            let luns = match (h.cdb[0], target.as_ref()) {
+                (0xa0, Some(t)) => t.lun_ids(),
+                _ => Vec::new(),
+            };
             let lu = decode_lun(h.lun).and_then(|l| target.as_ref().and_then(|t| t.lun(l)));
             let cdb = h.cdb;
             let cmd = ScsiCommand {
