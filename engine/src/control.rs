@@ -192,7 +192,22 @@ impl LuControl {
         nexus: NexusId,
         req: PrRequest,
     ) -> Result<PrEffects, PrError> {
+        self.reservation_out_with(nexus, |_| Ok(Some(req))).await
+    }
+
+    /// [`reservation_out`](Self::reservation_out) with the request built
+    /// from the current state under the same lock, for rules that depend on
+    /// it (NVMe register/replace, CPTPL "no change"). `Ok(None)` from
+    /// `build` succeeds without a change.
+    pub async fn reservation_out_with(
+        &self,
+        nexus: NexusId,
+        build: impl FnOnce(&Reservations) -> Result<Option<PrRequest>, PrError>,
+    ) -> Result<PrEffects, PrError> {
         let mut st = self.state.lock().await;
+        let Some(req) = build(&st.pr)? else {
+            return Ok(PrEffects::default());
+        };
         let mut next = st.pr.clone();
         let fx = next.apply(nexus, req)?;
         if !fx.changed {

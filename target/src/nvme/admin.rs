@@ -6,15 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use vtgt_engine::PrRequest;
 use vtgt_protocol::nvme::command::{admin as op, feat, sc, Sqe, Status};
 use vtgt_protocol::nvme::identify::{
-    self, cns, cntrltype, oncs, IdentifyController, IdentifyNamespace, NsDesc,
+    self, cns, cntrltype, oncs, rescap, IdentifyController, IdentifyNamespace, NsDesc,
 };
 use vtgt_protocol::nvme::log::{self, lid, GetLogPage, Smart};
 
 use super::controller::{Controller, AER_LIMIT, ERROR_LOG_ENTRIES};
 use super::queue::{Reply, Responder};
-use super::{discovery, NvmeShared, IN_CAPSULE, MAX_IO_QUEUES, MDTS, QUEUE_ENTRIES};
+use super::{discovery, Namespace, NvmeShared, IN_CAPSULE, MAX_IO_QUEUES, MDTS, QUEUE_ENTRIES};
 
 pub const FIRMWARE: &str = "0.1";
 
@@ -41,8 +42,8 @@ pub async fn execute(
     match opc {
         op::IDENTIFY => identify(ctrl, sqe, xfer),
         op::GET_LOG_PAGE => get_log_page(shared, ctrl, local, sqe, xfer),
-        op::SET_FEATURES => set_features(ctrl, sqe, data),
-        op::GET_FEATURES => get_features(ctrl, sqe, xfer),
+        op::SET_FEATURES => set_features(ctrl, sqe, data).await,
+        op::GET_FEATURES => get_features(ctrl, sqe, xfer).await,
         op::ASYNC_EVENT => match ctrl.add_aer(sqe.cid()) {
             Err(s) => Reply::status(s),
             Ok(None) => Reply::Deferred,
@@ -104,7 +105,7 @@ pub fn controller_data(ctrl: &Controller) -> IdentifyController {
         oncs: if disc {
             0
         } else {
-            oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES
+            oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES | oncs::RESERVATIONS
         },
         fuses: if disc { 0 } else { 1 },
         vwc: if disc { 0 } else { 1 },
@@ -153,6 +154,7 @@ fn identify(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
                     nsfeat: 1,
                     lbads: v.block_size().trailing_zeros() as u8,
                     nmic: 1,
+                    rescap: rescap::ALL_TYPES | rescap::PTPL | rescap::IEKEY,
                     dlfeat: 1,
                     nguid: ns.nguid(),
                     eui64: ns.eui64(),
@@ -244,7 +246,7 @@ fn get_log_page(
     }
 }
 
-fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
+async fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
     let d10 = sqe.dw(10);
     let fid = d10 as u8;
     let d11 = sqe.dw(11);
@@ -278,11 +280,42 @@ fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
         }
         // On fabrics the host identifier comes with Connect.
         feat::HOST_ID => Reply::status(Status::generic(sc::CMD_SEQ_ERROR)),
+        feat::RESV_PERSIST => {
+            let on = d11 & 1 != 0;
+            let targets = match resv_namespaces(ctrl, sqe.nsid(), true) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            for ns in targets {
+                let r = ns
+                    .entry
+                    .control
+                    .reservation_out(ctrl.nexus, PrRequest::Persist { aptpl: on })
+                    .await;
+                if r.is_err() {
+                    return Reply::status(Status::generic(sc::INTERNAL));
+                }
+            }
+            Reply::ok()
+        }
         _ => Reply::status(Status::generic(sc::INVALID_FIELD)),
     }
 }
 
-fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
+/// Namespaces a namespace-scoped feature names: one, or all for
+/// FFFFFFFFh when `all_ok`.
+fn resv_namespaces(ctrl: &Controller, nsid: u32, all_ok: bool) -> Result<Vec<&Namespace>, Reply> {
+    let s = &ctrl.subsys;
+    if nsid == u32::MAX && all_ok {
+        return Ok(s.namespaces.values().collect());
+    }
+    s.namespaces
+        .get(&nsid)
+        .map(|n| vec![n])
+        .ok_or(Reply::status(Status::generic(sc::INVALID_NS)))
+}
+
+async fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
     let d10 = sqe.dw(10);
     let fid = d10 as u8;
     let sel = (d10 >> 8) & 7;
@@ -322,6 +355,21 @@ fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
                 return Reply::status(Status::generic(sc::INVALID_FIELD));
             }
             fit(ctrl.hostid.to_vec(), xfer)
+        }
+        feat::RESV_PERSIST => {
+            if default {
+                return Reply::result(0);
+            }
+            match resv_namespaces(ctrl, sqe.nsid(), false) {
+                Ok(ns) => {
+                    let mut on = false;
+                    for n in ns {
+                        on |= n.entry.control.reservations(|r| r.aptpl).await;
+                    }
+                    Reply::result(on as u64)
+                }
+                Err(r) => r,
+            }
         }
         _ => Reply::status(Status::generic(sc::INVALID_FIELD)),
     }

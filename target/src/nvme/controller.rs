@@ -353,8 +353,11 @@ pub async fn connect_admin(
         stats: Stats::default(),
         created: Instant::now(),
     });
+    // Reservations match this host by its Host Identifier.
+    let who = super::pr::identity(&d.hostid);
     for ns in subsys.namespaces.values() {
         ns.entry.control.register_nexus(nexus, None).await;
+        ns.entry.control.identify(nexus, who.clone()).await;
     }
     shared.controllers.map.lock().insert(cntlid, ctrl.clone());
     info!(cntlid, host = %d.hostnqn, subsys = %subsys.nqn, kato_ms = cmd.kato_ms, "NVMe controller created");
