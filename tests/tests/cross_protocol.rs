@@ -631,3 +631,62 @@ async fn nvme_ptpl_survives_restart() {
     c.close().await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn preempted_host_gets_a_reservation_notification() {
+    use vtgt_protocol::nvme::log::{lid, resv_notify};
+    let server = start(None).await;
+    let (ca, qa) = nvme(server.nvme_addrs[0], &host(HOST_A, 0xA1)).await;
+    let (cb, qb) = nvme(server.nvme_addrs[0], &host(HOST_B, 0xB1)).await;
+    qb.resv_register(1, 0, false, 0, 0, 0xB1B1).await.unwrap();
+    qa.resv_register(1, 0, false, 0, 0, 0xA1A1).await.unwrap();
+    qa.resv_acquire(1, 0, WE, 0xA1A1, 0).await.unwrap();
+    let aer = cb.aer();
+    // Preempt and abort B's registration.
+    qa.resv_acquire(1, 2, WE, 0xA1A1, 0xB1B1).await.unwrap();
+    let dw0 = within("reservation AEN", aer).await.unwrap().unwrap();
+    assert_eq!(dw0 & 0x00ff_0007, 0x0080_0006, "I/O specific, log 80h");
+    let page = cb
+        .get_log_page(lid::RESV_NOTIFICATION, 0xffff_ffff, 64, 0, false)
+        .await
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(page[0..8].try_into().unwrap()), 1);
+    assert_eq!(page[8], resv_notify::REGISTRATION_PREEMPTED);
+    assert_eq!(page[9], 0, "no more pages");
+    assert_eq!(u32::from_le_bytes(page[12..16].try_into().unwrap()), 1);
+    let page = cb
+        .get_log_page(lid::RESV_NOTIFICATION, 0xffff_ffff, 64, 0, false)
+        .await
+        .unwrap();
+    assert_eq!(page[8], resv_notify::EMPTY);
+    // B no longer writes; A's report shows A alone.
+    assert_eq!(
+        status_of(qb.write(1, 0, block(1, 1), BS, false).await.unwrap_err()),
+        CONFLICT
+    );
+    assert_eq!(report(&qa).await.regs, vec![(0xA1A1, true, [0xA1; 16])]);
+    // Masked "registration preempted": the next preemption leaves no page.
+    cb.set_features_ns(feat::RESV_MASK, 1, 1 << 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        cb.get_features_ns(feat::RESV_MASK, 1).await.unwrap(),
+        1 << 1
+    );
+    qb.resv_register(1, 0, false, 0, 0, 0xB2B2).await.unwrap();
+    qa.resv_acquire(1, 1, WE, 0xA1A1, 0xB2B2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B's next command drains the notice; still nothing is logged.
+    assert_eq!(
+        status_of(qb.write(1, 0, block(1, 1), BS, false).await.unwrap_err()),
+        CONFLICT
+    );
+    let page = cb
+        .get_log_page(lid::RESV_NOTIFICATION, 0xffff_ffff, 64, 0, false)
+        .await
+        .unwrap();
+    assert_eq!(page[8], resv_notify::EMPTY, "masked");
+    ca.close().await;
+    cb.close().await;
+    server.shutdown().await.unwrap();
+}

@@ -42,6 +42,7 @@ pub mod feat {
     pub const ASYNC_EVENT: u8 = 0x0b;
     pub const KATO: u8 = 0x0f;
     pub const HOST_ID: u8 = 0x81;
+    pub const RESV_MASK: u8 = 0x82;
     pub const RESV_PERSIST: u8 = 0x83;
 }
 

@@ -13,7 +13,7 @@ use vtgt_protocol::nvme::identify::{
 };
 use vtgt_protocol::nvme::log::{self, lid, GetLogPage, Smart};
 
-use super::controller::{Controller, AER_LIMIT, ERROR_LOG_ENTRIES};
+use super::controller::{Controller, AER_LIMIT, ERROR_LOG_ENTRIES, RESV_MASK_BITS};
 use super::queue::{Reply, Responder};
 use super::{discovery, Namespace, NvmeShared, IN_CAPSULE, MAX_IO_QUEUES, MDTS, QUEUE_ENTRIES};
 
@@ -238,6 +238,7 @@ fn get_log_page(
         }
         (lid::FW_SLOT, false) => log::encode_fw_slot(FIRMWARE),
         (lid::CHANGED_NS, false) => log::encode_changed_ns(&ctrl.take_changed(g.rae)),
+        (lid::RESV_NOTIFICATION, false) => ctrl.take_resv_log(g.rae),
         _ => return Reply::status(Status::specific(sc::INVALID_LOG_PAGE)),
     };
     match log::window(&page, g.offset, len) {
@@ -280,6 +281,20 @@ async fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
         }
         // On fabrics the host identifier comes with Connect.
         feat::HOST_ID => Reply::status(Status::generic(sc::CMD_SEQ_ERROR)),
+        feat::RESV_MASK => {
+            if d11 & !RESV_MASK_BITS != 0 {
+                return Reply::status(Status::generic(sc::INVALID_FIELD));
+            }
+            let targets = match resv_namespaces(ctrl, sqe.nsid(), true) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let mut m = ctrl.resv_mask.lock();
+            for ns in targets {
+                m.insert(ns.nsid, d11);
+            }
+            Reply::ok()
+        }
         feat::RESV_PERSIST => {
             let on = d11 & 1 != 0;
             let targets = match resv_namespaces(ctrl, sqe.nsid(), true) {
@@ -355,6 +370,22 @@ async fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
                 return Reply::status(Status::generic(sc::INVALID_FIELD));
             }
             fit(ctrl.hostid.to_vec(), xfer)
+        }
+        feat::RESV_MASK => {
+            if default {
+                return Reply::result(0);
+            }
+            match resv_namespaces(ctrl, sqe.nsid(), false) {
+                Ok(ns) => {
+                    let m = ctrl.resv_mask.lock();
+                    let v = ns
+                        .iter()
+                        .map(|n| m.get(&n.nsid).copied().unwrap_or(0))
+                        .fold(0, |a, b| a | b);
+                    Reply::result(v as u64)
+                }
+                Err(r) => r,
+            }
         }
         feat::RESV_PERSIST => {
             if default {
