@@ -335,8 +335,10 @@ async fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
     let fid = d10 as u8;
     let sel = (d10 >> 8) & 7;
     if sel == 3 {
-        // Supported capabilities: changeable, not saveable.
-        return Reply::result(1 << 2);
+        // Supported capabilities: changeable, not saveable; the reservation
+        // features are also namespace specific.
+        let ns_specific = matches!(fid, feat::RESV_MASK | feat::RESV_PERSIST);
+        return Reply::result((1 << 2) | ((ns_specific as u64) << 1));
     }
     let default = sel == 1;
     match fid {
