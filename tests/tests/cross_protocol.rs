@@ -690,3 +690,27 @@ async fn preempted_host_gets_a_reservation_notification() {
     cb.close().await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn iscsi_name_spelled_like_an_nvme_host_is_not_that_host() {
+    let server = start(None).await;
+    let (c, q) = nvme(server.nvme_addrs[0], &host(HOST_A, 0xA1)).await;
+    q.resv_register(1, 0, false, 0, 0, 0xA1A1).await.unwrap();
+    q.resv_acquire(1, 0, WE, 0xA1A1, 0).await.unwrap();
+    let name = format!("nvme-hostid:{}", "a1".repeat(16));
+    let s = within(
+        "iSCSI login",
+        Session::login(server.iscsi_addrs[0], LoginConfig::new(&name, Some(TARGET))),
+    )
+    .await
+    .expect("login");
+    settle(&s).await;
+    assert_eq!(
+        scsi_write(&s, 0, block(1, 1)).await.status,
+        SCSI_CONFLICT,
+        "not covered by the NVMe host's registration"
+    );
+    let _ = s.logout().await;
+    c.close().await;
+    server.shutdown().await.unwrap();
+}
