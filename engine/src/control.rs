@@ -192,7 +192,22 @@ impl LuControl {
         nexus: NexusId,
         req: PrRequest,
     ) -> Result<PrEffects, PrError> {
+        self.reservation_out_with(nexus, |_| Ok(Some(req))).await
+    }
+
+    /// [`reservation_out`](Self::reservation_out) with the request built
+    /// from the current state under the same lock, for rules that depend on
+    /// it (NVMe register/replace, CPTPL "no change"). `Ok(None)` from
+    /// `build` succeeds without a change.
+    pub async fn reservation_out_with(
+        &self,
+        nexus: NexusId,
+        build: impl FnOnce(&Reservations) -> Result<Option<PrRequest>, PrError>,
+    ) -> Result<PrEffects, PrError> {
         let mut st = self.state.lock().await;
+        let Some(req) = build(&st.pr)? else {
+            return Ok(PrEffects::default());
+        };
         let mut next = st.pr.clone();
         let fx = next.apply(nexus, req)?;
         if !fx.changed {
@@ -305,6 +320,44 @@ mod tests {
     use crate::fastpath::IoKind;
     use crate::fault::FaultReason;
     use crate::volume::Volume;
+
+    #[tokio::test]
+    async fn request_built_under_the_lock_and_persist_alone() {
+        let v = Volume::simple("c", Arc::new(MemBackend::new(8 * 512).unwrap()), 512);
+        let cp = LuControl::new(Exposure::new(v));
+        cp.identify(1, ItNexus::new("nvme-hostid:01", 0)).await;
+        // `None` is a successful no-op.
+        let fx = cp.reservation_out_with(1, |_| Ok(None)).await.unwrap();
+        assert!(!fx.changed);
+        // The builder sees the state: register only if unregistered.
+        let build = |r: &Reservations| {
+            Ok(r.key_of(1).is_none().then_some(PrRequest::Register {
+                key: 0,
+                new_key: 7,
+                ignore_existing: false,
+                all_ports: true,
+                aptpl: r.aptpl,
+                also: vec![],
+            }))
+        };
+        assert!(cp.reservation_out_with(1, build).await.unwrap().changed);
+        assert!(!cp.reservation_out_with(1, build).await.unwrap().changed);
+        // APTPL set without touching registrations or the generation.
+        let gen = cp.reservations(|r| r.generation).await;
+        let fx = cp
+            .reservation_out(1, PrRequest::Persist { aptpl: true })
+            .await
+            .unwrap();
+        assert!(fx.changed);
+        assert!(cp.reservations(|r| r.aptpl).await);
+        assert_eq!(cp.reservations(|r| r.generation).await, gen);
+        assert_eq!(cp.reservations(|r| r.keys()).await, vec![7]);
+        let fx = cp
+            .reservation_out(1, PrRequest::Persist { aptpl: true })
+            .await
+            .unwrap();
+        assert!(!fx.changed, "unchanged");
+    }
 
     #[tokio::test]
     async fn notice_blocks_fast_path_until_taken() {

@@ -186,6 +186,11 @@ pub enum PrRequest {
         unregister: bool,
         aptpl: bool,
     },
+    /// Sets APTPL alone (NVMe Set Features Reservation Persistence, which
+    /// needs no registration).
+    Persist {
+        aptpl: bool,
+    },
 }
 
 /// What a successful request did beyond the state change itself.
@@ -658,6 +663,12 @@ impl Reservations {
                 }
                 self.aptpl = aptpl;
                 self.bump();
+            }
+            PrRequest::Persist { aptpl } => {
+                if self.aptpl == aptpl {
+                    return Ok(fx);
+                }
+                self.aptpl = aptpl;
             }
         }
         fx.changed = true;

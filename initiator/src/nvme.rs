@@ -348,6 +348,80 @@ impl Queue {
         Ok(())
     }
 
+    /// Reservation Register: `action` 0 register, 1 unregister, 2 replace;
+    /// `cptpl` 0 no change, 2 clear, 3 set persist through power loss.
+    pub async fn resv_register(
+        &self,
+        nsid: u32,
+        action: u8,
+        iekey: bool,
+        cptpl: u8,
+        crkey: u64,
+        nrkey: u64,
+    ) -> Result<(), NvmeError> {
+        let mut sqe = Sqe::new(nvm::RESV_REGISTER, 0);
+        sqe.set_nsid(nsid);
+        sqe.set_dw(
+            10,
+            (action as u32 & 7) | ((iekey as u32) << 3) | ((cptpl as u32 & 3) << 30),
+        );
+        let mut d = crkey.to_le_bytes().to_vec();
+        d.extend_from_slice(&nrkey.to_le_bytes());
+        self.submit(sqe, Bytes::from(d), 0).await?.ok()?;
+        Ok(())
+    }
+
+    /// Reservation Acquire: `action` 0 acquire, 1 preempt, 2 preempt and
+    /// abort; `rtype` 1-6.
+    pub async fn resv_acquire(
+        &self,
+        nsid: u32,
+        action: u8,
+        rtype: u8,
+        crkey: u64,
+        prkey: u64,
+    ) -> Result<(), NvmeError> {
+        let mut sqe = Sqe::new(nvm::RESV_ACQUIRE, 0);
+        sqe.set_nsid(nsid);
+        sqe.set_dw(10, (action as u32 & 7) | ((rtype as u32) << 8));
+        let mut d = crkey.to_le_bytes().to_vec();
+        d.extend_from_slice(&prkey.to_le_bytes());
+        self.submit(sqe, Bytes::from(d), 0).await?.ok()?;
+        Ok(())
+    }
+
+    /// Reservation Release: `action` 0 release, 1 clear.
+    pub async fn resv_release(
+        &self,
+        nsid: u32,
+        action: u8,
+        rtype: u8,
+        crkey: u64,
+    ) -> Result<(), NvmeError> {
+        let mut sqe = Sqe::new(nvm::RESV_RELEASE, 0);
+        sqe.set_nsid(nsid);
+        sqe.set_dw(10, (action as u32 & 7) | ((rtype as u32) << 8));
+        self.submit(sqe, Bytes::from(crkey.to_le_bytes().to_vec()), 0)
+            .await?
+            .ok()?;
+        Ok(())
+    }
+
+    /// Reservation Report of up to `len` bytes (a multiple of 4);
+    /// `extended` asks for the 128-bit host identifier structure.
+    pub async fn resv_report(
+        &self,
+        nsid: u32,
+        extended: bool,
+        len: u32,
+    ) -> Result<Bytes, NvmeError> {
+        let mut sqe = Sqe::new(nvm::RESV_REPORT, 0);
+        sqe.set_nsid(nsid);
+        sqe.set_dw(10, (len / 4).saturating_sub(1));
+        sqe.set_dw(11, extended as u32);
+        Ok(self.submit(sqe, Bytes::new(), len).await?.ok()?.data)
+    }
+
     /// Fabrics Connect on this queue; returns the completion.
     pub async fn connect(
         &self,
@@ -654,6 +728,23 @@ impl Controller {
     pub async fn get_features(&self, fid: u8) -> Result<u32, NvmeError> {
         let mut s = Sqe::new(admin::GET_FEATURES, 0);
         s.set_dw(10, fid as u32);
+        Ok(self.admin.submit(s, Bytes::new(), 0).await?.ok()?.cqe.dw0())
+    }
+
+    /// Get Features of a namespace-scoped feature.
+    pub async fn get_features_ns(&self, fid: u8, nsid: u32) -> Result<u32, NvmeError> {
+        let mut s = Sqe::new(admin::GET_FEATURES, 0);
+        s.set_nsid(nsid);
+        s.set_dw(10, fid as u32);
+        Ok(self.admin.submit(s, Bytes::new(), 0).await?.ok()?.cqe.dw0())
+    }
+
+    /// Set Features of a namespace-scoped feature.
+    pub async fn set_features_ns(&self, fid: u8, nsid: u32, cdw11: u32) -> Result<u32, NvmeError> {
+        let mut s = Sqe::new(admin::SET_FEATURES, 0);
+        s.set_nsid(nsid);
+        s.set_dw(10, fid as u32);
+        s.set_dw(11, cdw11);
         Ok(self.admin.submit(s, Bytes::new(), 0).await?.ok()?.cqe.dw0())
     }
 

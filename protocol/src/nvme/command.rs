@@ -28,6 +28,10 @@ pub mod nvm {
     pub const COMPARE: u8 = 0x05;
     pub const WRITE_ZEROES: u8 = 0x08;
     pub const DSM: u8 = 0x09;
+    pub const RESV_REGISTER: u8 = 0x0d;
+    pub const RESV_REPORT: u8 = 0x0e;
+    pub const RESV_ACQUIRE: u8 = 0x11;
+    pub const RESV_RELEASE: u8 = 0x15;
     pub const FABRICS: u8 = 0x7f;
 }
 
@@ -38,6 +42,8 @@ pub mod feat {
     pub const ASYNC_EVENT: u8 = 0x0b;
     pub const KATO: u8 = 0x0f;
     pub const HOST_ID: u8 = 0x81;
+    pub const RESV_MASK: u8 = 0x82;
+    pub const RESV_PERSIST: u8 = 0x83;
 }
 
 /// Fused operation bits (CDW0 bits 9:8).
@@ -216,6 +222,7 @@ pub mod sc {
     pub const SGL_INVALID_DATA_LEN: u8 = 0x0f;
     pub const SGL_INVALID_TYPE: u8 = 0x11;
     pub const SGL_INVALID_OFFSET: u8 = 0x16;
+    pub const HOST_ID_INCONSISTENT: u8 = 0x18;
     pub const KAT_EXPIRED: u8 = 0x19;
     pub const LBA_RANGE: u8 = 0x80;
     pub const NS_NOT_READY: u8 = 0x82;

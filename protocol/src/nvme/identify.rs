@@ -29,6 +29,18 @@ pub mod oncs {
     pub const COMPARE: u16 = 1 << 0;
     pub const DSM: u16 = 1 << 2;
     pub const WRITE_ZEROES: u16 = 1 << 3;
+    pub const RESERVATIONS: u16 = 1 << 5;
+}
+
+/// RESCAP bits (Identify Namespace byte 31).
+pub mod rescap {
+    /// Persist Through Power Loss.
+    pub const PTPL: u8 = 1 << 0;
+    /// Reservation types 1-6 (write exclusive ... exclusive access all
+    /// registrants), bits 1-6.
+    pub const ALL_TYPES: u8 = 0x7e;
+    /// Ignore Existing Key behaves as NVMe 1.3 and later define it.
+    pub const IEKEY: u8 = 1 << 7;
 }
 
 pub fn identify_sqe(cid: u16, cns: u8, nsid: u32) -> Sqe {
@@ -190,6 +202,8 @@ pub struct IdentifyNamespace {
     pub lbads: u8,
     /// Bit 0: the namespace may be attached to more than one controller.
     pub nmic: u8,
+    /// Reservation capabilities ([`rescap`]).
+    pub rescap: u8,
     /// Deallocate logical block features: bits 2:0 = 001b reads zeroes.
     pub dlfeat: u8,
     pub nguid: [u8; 16],
@@ -206,6 +220,7 @@ impl IdentifyNamespace {
         b[25] = 0; // NLBAF: one format, 0's based
         b[26] = 0; // FLBAS: format 0
         b[30] = self.nmic;
+        b[31] = self.rescap;
         b[33] = self.dlfeat;
         b[104..120].copy_from_slice(&self.nguid);
         b[120..128].copy_from_slice(&self.eui64);
@@ -229,6 +244,7 @@ impl IdentifyNamespace {
             nuse: le64(b, 16),
             nsfeat: b[24],
             nmic: b[30],
+            rescap: b[31],
             dlfeat: b[33],
             lbads: b[128 + f * 4 + 2],
             nguid,
@@ -378,6 +394,7 @@ mod tests {
             nsfeat: 1,
             lbads: 9,
             nmic: 1,
+            rescap: rescap::ALL_TYPES | rescap::PTPL,
             dlfeat: 1,
             nguid: [5; 16],
             eui64: [6; 8],

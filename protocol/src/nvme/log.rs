@@ -1,5 +1,6 @@
 //! Log pages: error information (01h), SMART / health (02h), firmware slot
-//! (03h), changed namespace list (04h) and the discovery log (70h).
+//! (03h), changed namespace list (04h), the discovery log (70h) and the
+//! reservation notification log (80h).
 
 use super::command::{admin, Sqe};
 
@@ -10,6 +11,28 @@ pub mod lid {
     pub const CHANGED_NS: u8 = 0x04;
     pub const CMD_EFFECTS: u8 = 0x05;
     pub const DISCOVERY: u8 = 0x70;
+    pub const RESV_NOTIFICATION: u8 = 0x80;
+}
+
+/// Reservation notification log page types.
+pub mod resv_notify {
+    pub const EMPTY: u8 = 0;
+    pub const REGISTRATION_PREEMPTED: u8 = 1;
+    pub const RESERVATION_RELEASED: u8 = 2;
+    pub const RESERVATION_PREEMPTED: u8 = 3;
+}
+
+pub const RESV_NOTIFICATION_LEN: usize = 64;
+
+/// One reservation notification log page: the 64-bit log page count, the
+/// type, how many more pages are waiting (at most 255) and the NSID.
+pub fn encode_resv_notification(count: u64, kind: u8, more: usize, nsid: u32) -> Vec<u8> {
+    let mut b = vec![0u8; RESV_NOTIFICATION_LEN];
+    b[0..8].copy_from_slice(&count.to_le_bytes());
+    b[8] = kind;
+    b[9] = more.min(255) as u8;
+    b[12..16].copy_from_slice(&nsid.to_le_bytes());
+    b
 }
 
 pub const ERROR_ENTRY_LEN: usize = 64;

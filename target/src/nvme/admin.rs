@@ -6,15 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use vtgt_engine::PrRequest;
 use vtgt_protocol::nvme::command::{admin as op, feat, sc, Sqe, Status};
 use vtgt_protocol::nvme::identify::{
-    self, cns, cntrltype, oncs, IdentifyController, IdentifyNamespace, NsDesc,
+    self, cns, cntrltype, oncs, rescap, IdentifyController, IdentifyNamespace, NsDesc,
 };
 use vtgt_protocol::nvme::log::{self, lid, GetLogPage, Smart};
 
-use super::controller::{Controller, AER_LIMIT, ERROR_LOG_ENTRIES};
+use super::controller::{Controller, AER_LIMIT, ERROR_LOG_ENTRIES, RESV_MASK_BITS};
 use super::queue::{Reply, Responder};
-use super::{discovery, NvmeShared, IN_CAPSULE, MAX_IO_QUEUES, MDTS, QUEUE_ENTRIES};
+use super::{discovery, Namespace, NvmeShared, IN_CAPSULE, MAX_IO_QUEUES, MDTS, QUEUE_ENTRIES};
 
 pub const FIRMWARE: &str = "0.1";
 
@@ -41,8 +42,8 @@ pub async fn execute(
     match opc {
         op::IDENTIFY => identify(ctrl, sqe, xfer),
         op::GET_LOG_PAGE => get_log_page(shared, ctrl, local, sqe, xfer),
-        op::SET_FEATURES => set_features(ctrl, sqe, data),
-        op::GET_FEATURES => get_features(ctrl, sqe, xfer),
+        op::SET_FEATURES => set_features(ctrl, sqe, data).await,
+        op::GET_FEATURES => get_features(ctrl, sqe, xfer).await,
         op::ASYNC_EVENT => match ctrl.add_aer(sqe.cid()) {
             Err(s) => Reply::status(s),
             Ok(None) => Reply::Deferred,
@@ -104,7 +105,7 @@ pub fn controller_data(ctrl: &Controller) -> IdentifyController {
         oncs: if disc {
             0
         } else {
-            oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES
+            oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES | oncs::RESERVATIONS
         },
         fuses: if disc { 0 } else { 1 },
         vwc: if disc { 0 } else { 1 },
@@ -153,6 +154,7 @@ fn identify(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
                     nsfeat: 1,
                     lbads: v.block_size().trailing_zeros() as u8,
                     nmic: 1,
+                    rescap: rescap::ALL_TYPES | rescap::PTPL | rescap::IEKEY,
                     dlfeat: 1,
                     nguid: ns.nguid(),
                     eui64: ns.eui64(),
@@ -236,6 +238,7 @@ fn get_log_page(
         }
         (lid::FW_SLOT, false) => log::encode_fw_slot(FIRMWARE),
         (lid::CHANGED_NS, false) => log::encode_changed_ns(&ctrl.take_changed(g.rae)),
+        (lid::RESV_NOTIFICATION, false) => ctrl.take_resv_log(g.rae),
         _ => return Reply::status(Status::specific(sc::INVALID_LOG_PAGE)),
     };
     match log::window(&page, g.offset, len) {
@@ -244,7 +247,7 @@ fn get_log_page(
     }
 }
 
-fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
+async fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
     let d10 = sqe.dw(10);
     let fid = d10 as u8;
     let d11 = sqe.dw(11);
@@ -278,17 +281,64 @@ fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
         }
         // On fabrics the host identifier comes with Connect.
         feat::HOST_ID => Reply::status(Status::generic(sc::CMD_SEQ_ERROR)),
+        feat::RESV_MASK => {
+            if d11 & !RESV_MASK_BITS != 0 {
+                return Reply::status(Status::generic(sc::INVALID_FIELD));
+            }
+            let targets = match resv_namespaces(ctrl, sqe.nsid(), true) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let mut m = ctrl.resv_mask.lock();
+            for ns in targets {
+                m.insert(ns.nsid, d11);
+            }
+            Reply::ok()
+        }
+        feat::RESV_PERSIST => {
+            let on = d11 & 1 != 0;
+            let targets = match resv_namespaces(ctrl, sqe.nsid(), true) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            for ns in targets {
+                let r = ns
+                    .entry
+                    .control
+                    .reservation_out(ctrl.nexus, PrRequest::Persist { aptpl: on })
+                    .await;
+                if r.is_err() {
+                    return Reply::status(Status::generic(sc::INTERNAL));
+                }
+            }
+            Reply::ok()
+        }
         _ => Reply::status(Status::generic(sc::INVALID_FIELD)),
     }
 }
 
-fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
+/// Namespaces a namespace-scoped feature names: one, or all for
+/// FFFFFFFFh when `all_ok`.
+fn resv_namespaces(ctrl: &Controller, nsid: u32, all_ok: bool) -> Result<Vec<&Namespace>, Reply> {
+    let s = &ctrl.subsys;
+    if nsid == u32::MAX && all_ok {
+        return Ok(s.namespaces.values().collect());
+    }
+    s.namespaces
+        .get(&nsid)
+        .map(|n| vec![n])
+        .ok_or(Reply::status(Status::generic(sc::INVALID_NS)))
+}
+
+async fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
     let d10 = sqe.dw(10);
     let fid = d10 as u8;
     let sel = (d10 >> 8) & 7;
     if sel == 3 {
-        // Supported capabilities: changeable, not saveable.
-        return Reply::result(1 << 2);
+        // Supported capabilities: changeable, not saveable; the reservation
+        // features are also namespace specific.
+        let ns_specific = matches!(fid, feat::RESV_MASK | feat::RESV_PERSIST);
+        return Reply::result((1 << 2) | ((ns_specific as u64) << 1));
     }
     let default = sel == 1;
     match fid {
@@ -322,6 +372,37 @@ fn get_features(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
                 return Reply::status(Status::generic(sc::INVALID_FIELD));
             }
             fit(ctrl.hostid.to_vec(), xfer)
+        }
+        feat::RESV_MASK => {
+            if default {
+                return Reply::result(0);
+            }
+            match resv_namespaces(ctrl, sqe.nsid(), false) {
+                Ok(ns) => {
+                    let m = ctrl.resv_mask.lock();
+                    let v = ns
+                        .iter()
+                        .map(|n| m.get(&n.nsid).copied().unwrap_or(0))
+                        .fold(0, |a, b| a | b);
+                    Reply::result(v as u64)
+                }
+                Err(r) => r,
+            }
+        }
+        feat::RESV_PERSIST => {
+            if default {
+                return Reply::result(0);
+            }
+            match resv_namespaces(ctrl, sqe.nsid(), false) {
+                Ok(ns) => {
+                    let mut on = false;
+                    for n in ns {
+                        on |= n.entry.control.reservations(|r| r.aptpl).await;
+                    }
+                    Reply::result(on as u64)
+                }
+                Err(r) => r,
+            }
         }
         _ => Reply::status(Status::generic(sc::INVALID_FIELD)),
     }

@@ -17,7 +17,7 @@ use vtgt_protocol::nvme::fabrics::{
     self, cc, connect_off, csts, invalid_param_result, prop, ConnectCmd, ConnectData,
     ConnectDataError, PropertyCmd, CNTLID_DYNAMIC,
 };
-use vtgt_protocol::nvme::log::ErrorEntry;
+use vtgt_protocol::nvme::log::{resv_notify, ErrorEntry};
 
 use super::queue::Responder;
 use super::{NvmeShared, Subsystem, ADMIN_QUEUE_ENTRIES, MAX_IO_QUEUES, QUEUE_ENTRIES};
@@ -35,6 +35,14 @@ const WATCH_TICK: Duration = Duration::from_millis(50);
 pub const AEN_NS_CHANGED: u32 = 0x02 | (0x04 << 16);
 /// AEC bit enabling namespace attribute notices.
 pub const AEC_NS_ATTR: u32 = 1 << 8;
+/// AEN DW0 for "reservation log page available" (I/O command specific
+/// status, log page 80h).
+pub const AEN_RESV_LOG: u32 = 0x06 | (0x80 << 16);
+/// Reservation notification log pages kept unread; older ones are dropped
+/// (the log page count still shows the gap).
+pub const RESV_LOG_ENTRIES: usize = 64;
+/// Reservation Notification Mask bits (Set Features 82h).
+pub const RESV_MASK_BITS: u32 = 0b1110;
 
 #[derive(Debug, Default)]
 struct Aer {
@@ -43,6 +51,11 @@ struct Aer {
     /// A namespace-attribute event was reported and its log not yet read.
     ns_masked: bool,
     changed: Vec<u32>,
+    /// A reservation log event was reported and its log not yet read.
+    resv_masked: bool,
+    /// Unread reservation notifications: (log page count, type, NSID).
+    resv_log: VecDeque<(u64, u8, u32)>,
+    resv_count: u64,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +87,8 @@ pub struct Controller {
     pub io_queues: AtomicU16,
     connected: Mutex<HashMap<u16, CancellationToken>>,
     pub vwc: AtomicBool,
+    /// Reservation Notification Mask per NSID (unset: nothing masked).
+    pub resv_mask: Mutex<HashMap<u32, u32>>,
     errors: Mutex<VecDeque<ErrorEntry>>,
     error_count: AtomicU64,
     pub stats: Stats,
@@ -140,6 +155,59 @@ impl Controller {
             if let Some(r) = r {
                 r.complete(cid, Status::SUCCESS, dw0 as u64).await;
             }
+        }
+    }
+
+    /// Queues a reservation notification log page of `kind` for `nsid`
+    /// (unless the host masked that kind) and raises its AEN.
+    pub async fn reservation_event(&self, nsid: u32, kind: u8) {
+        let mask = self.resv_mask.lock().get(&nsid).copied().unwrap_or(0);
+        if mask & (1 << kind) != 0 {
+            return;
+        }
+        let done = {
+            let mut a = self.aer.lock();
+            // The count is 64-bit and skips 0 when it wraps.
+            a.resv_count = a.resv_count.checked_add(1).unwrap_or(1);
+            if a.resv_log.len() >= RESV_LOG_ENTRIES {
+                a.resv_log.pop_front();
+            }
+            let c = a.resv_count;
+            a.resv_log.push_back((c, kind, nsid));
+            if a.resv_masked {
+                None
+            } else {
+                a.resv_masked = true;
+                a.pending.push_back(AEN_RESV_LOG);
+                self.match_aer(&mut a)
+            }
+        };
+        if let Some((cid, dw0)) = done {
+            let r = self.admin.lock().clone();
+            if let Some(r) = r {
+                r.complete(cid, Status::SUCCESS, dw0 as u64).await;
+            }
+        }
+    }
+
+    /// Takes the oldest reservation notification as a log page (an empty
+    /// page when none waits); unless `rae`, unmasks the AEN.
+    pub fn take_resv_log(&self, rae: bool) -> Vec<u8> {
+        let mut a = self.aer.lock();
+        if !rae {
+            a.resv_masked = false;
+        }
+        match a.resv_log.pop_front() {
+            Some((count, kind, nsid)) => {
+                let more = a.resv_log.len();
+                vtgt_protocol::nvme::log::encode_resv_notification(count, kind, more, nsid)
+            }
+            None => vtgt_protocol::nvme::log::encode_resv_notification(
+                0,
+                vtgt_protocol::nvme::log::resv_notify::EMPTY,
+                0,
+                0,
+            ),
         }
     }
 
@@ -240,8 +308,23 @@ impl Controller {
     pub async fn drain_notices(&self) {
         for ns in self.subsys.namespaces.values() {
             while let Some(n) = ns.entry.control.take(self.nexus).await {
-                if matches!(n, Notice::CapacityChanged | Notice::ReportedLunsChanged) {
-                    self.namespace_changed(ns.nsid).await;
+                match n {
+                    Notice::CapacityChanged | Notice::ReportedLunsChanged => {
+                        self.namespace_changed(ns.nsid).await
+                    }
+                    Notice::RegistrationsPreempted => {
+                        self.reservation_event(ns.nsid, resv_notify::REGISTRATION_PREEMPTED)
+                            .await
+                    }
+                    Notice::ReservationsReleased => {
+                        self.reservation_event(ns.nsid, resv_notify::RESERVATION_RELEASED)
+                            .await
+                    }
+                    Notice::ReservationsPreempted => {
+                        self.reservation_event(ns.nsid, resv_notify::RESERVATION_PREEMPTED)
+                            .await
+                    }
+                    _ => {}
                 }
             }
         }
@@ -348,13 +431,17 @@ pub async fn connect_admin(
         io_queues: AtomicU16::new(MAX_IO_QUEUES),
         connected: Mutex::new(HashMap::new()),
         vwc: AtomicBool::new(true),
+        resv_mask: Mutex::new(HashMap::new()),
         errors: Mutex::new(VecDeque::new()),
         error_count: AtomicU64::new(0),
         stats: Stats::default(),
         created: Instant::now(),
     });
+    // Reservations match this host by its Host Identifier.
+    let who = super::pr::identity(&d.hostid);
     for ns in subsys.namespaces.values() {
         ns.entry.control.register_nexus(nexus, None).await;
+        ns.entry.control.identify(nexus, who.clone()).await;
     }
     shared.controllers.map.lock().insert(cntlid, ctrl.clone());
     info!(cntlid, host = %d.hostnqn, subsys = %subsys.nqn, kato_ms = cmd.kato_ms, "NVMe controller created");

@@ -1,22 +1,19 @@
 //! NVM I/O commands. Reads and writes go through the engine's fast path
 //! exactly as SCSI does; any fault falls back to the control path, which
-//! delivers pending engine notices (as asynchronous events) and runs the
-//! I/O with `Volume::read/write` and its range checks.
+//! delivers pending engine notices (as asynchronous events), answers
+//! Reservation Conflict when the reservations forbid the command, and
+//! otherwise runs the I/O with `Volume::read/write` and its range checks.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::Mutex;
 use vtgt_engine::{EngineError, IoKind};
 use vtgt_protocol::nvme::command::{nvm, sc, DsmRange, Sqe, Status};
 
 use super::controller::Controller;
 use super::queue::Reply;
-use super::{Namespace, MAX_IO_BYTES};
-
-/// Serializes fused Compare and Write pairs against each other.
-static FUSED: Mutex<()> = Mutex::const_new(());
+use super::{pr, Namespace, MAX_IO_BYTES};
 
 fn engine_status(e: &EngineError, write: bool) -> Status {
     match e {
@@ -102,6 +99,10 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
                     .get(&nsid)
                     .ok_or(Status::generic(sc::INVALID_NS))?]
             };
+            // Flush belongs to the write command group (as in Linux nvmet).
+            for ns in &targets {
+                pr::check(ctrl, ns, true).await?;
+            }
             for ns in targets {
                 ns.entry
                     .volume
@@ -116,10 +117,11 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             let v = &rw.ns.entry.volume;
             v.check_range(rw.slba, rw.nlb)
                 .map_err(|e| engine_status(&e, true))?;
+            control_notices(ctrl).await;
+            pr::check(ctrl, rw.ns, true).await?;
             // DEAC: deallocate; our volumes read deallocated blocks as
             // zeros, so both forms end the same.
             if sqe.dw(12) & (1 << 25) != 0 {
-                control_notices(ctrl).await;
                 v.discard(rw.slba, rw.nlb)
                     .await
                     .map_err(|e| engine_status(&e, true))?;
@@ -150,6 +152,8 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
                 DsmRange::parse_all(&data, nr).ok_or(Status::generic(sc::SGL_INVALID_DATA_LEN))?;
             // Only the deallocate attribute changes anything.
             if sqe.dw(11) & (1 << 2) != 0 {
+                control_notices(ctrl).await;
+                pr::check(ctrl, ns, true).await?;
                 let v = &ns.entry.volume;
                 for r in &ranges {
                     v.check_range(r.slba, r.nlb as u64)
@@ -168,6 +172,15 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             compare(ctrl, &rw, &data).await?;
             Ok(Reply::ok())
         }
+        nvm::RESV_REGISTER | nvm::RESV_REPORT | nvm::RESV_ACQUIRE | nvm::RESV_RELEASE => {
+            let ns = ctrl
+                .subsys
+                .namespaces
+                .get(&sqe.nsid())
+                .ok_or(Status::generic(sc::INVALID_NS))?;
+            control_notices(ctrl).await;
+            pr::execute(ctrl, ns, sqe, &data, xfer).await
+        }
         _ => Err(Status::generic(sc::INVALID_OPCODE)),
     }
 }
@@ -184,7 +197,9 @@ async fn compare(ctrl: &Arc<Controller>, rw: &Rw<'_>, data: &[u8]) -> Result<(),
 }
 
 /// Fused Compare (first) and Write (second): the write happens only if
-/// the compare matched, with no other fused pair in between.
+/// the compare matched. Both run under the engine's exclusive range lock,
+/// which every other write to the volume (either protocol, fast path or
+/// not) respects, so nothing lands between the compare and the write.
 pub async fn fused(
     ctrl: &Arc<Controller>,
     first: &Sqe,
@@ -212,13 +227,35 @@ pub async fn fused(
     if sdata.len() as u64 != w.bytes {
         return (Status::generic(sc::SGL_INVALID_DATA_LEN), aborted);
     }
-    let _g = FUSED.lock().await;
-    if let Err(s) = compare(ctrl, &c, &fdata).await {
+    if fdata.len() as u64 != c.bytes || c.bytes > MAX_IO_BYTES as u64 {
+        return (Status::generic(sc::SGL_INVALID_DATA_LEN), aborted);
+    }
+    let v = &c.ns.entry.volume;
+    if let Err(e) = v.check_range(c.slba, c.nlb) {
+        return (engine_status(&e, false), aborted);
+    }
+    control_notices(ctrl).await;
+    // The write half needs write access; a host without it fails the
+    // compare half too, so nothing is read for it.
+    if let Err(s) = pr::check(ctrl, c.ns, true).await {
         return (s, aborted);
     }
-    match write(ctrl, &w, sdata, second.fua()).await {
-        Ok(()) => (Status::SUCCESS, Status::SUCCESS),
-        Err(s) => (aborted, s),
+    let guard = v.lock_exclusive(c.slba, c.nlb).await;
+    let cur = match v.read(c.slba, c.nlb).await {
+        Ok(d) => d,
+        Err(e) => return (engine_status(&e, false), aborted),
+    };
+    if cur[..] != fdata[..] {
+        return (Status::media(sc::COMPARE_FAILED), aborted);
+    }
+    let fua = second.fua() || !ctrl.vwc.load(Ordering::Acquire);
+    match v.write_locked(&guard, w.slba, sdata, fua).await {
+        Ok(()) => {
+            ctrl.stats.writes.fetch_add(1, Ordering::Relaxed);
+            ctrl.stats.write_blocks.fetch_add(w.nlb, Ordering::Relaxed);
+            (Status::SUCCESS, Status::SUCCESS)
+        }
+        Err(e) => (aborted, engine_status(&e, true)),
     }
 }
 
@@ -238,6 +275,7 @@ async fn read(ctrl: &Controller, rw: &Rw<'_>) -> Result<Bytes, Status> {
         Ok(a) => a.read().await.map_err(|e| engine_status(&e, false)),
         Err(_) => {
             control_notices(ctrl).await;
+            pr::check(ctrl, rw.ns, false).await?;
             e.volume
                 .read(rw.slba, rw.nlb)
                 .await
@@ -261,6 +299,7 @@ async fn write(ctrl: &Controller, rw: &Rw<'_>, data: Bytes, fua: bool) -> Result
             .map_err(|e| engine_status(&e, true)),
         Err(_) => {
             control_notices(ctrl).await;
+            pr::check(ctrl, rw.ns, true).await?;
             e.volume
                 .write(rw.slba, data, fua)
                 .await

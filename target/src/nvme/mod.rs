@@ -9,6 +9,7 @@ pub mod controller;
 pub mod discovery;
 pub mod io;
 pub mod port;
+pub mod pr;
 pub mod queue;
 
 use std::collections::BTreeMap;

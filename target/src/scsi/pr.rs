@@ -54,9 +54,19 @@ pub fn conflict() -> ScsiResult {
 pub fn identity(cmd: &ScsiCommand<'_>) -> ItNexus {
     if cmd.initiator.is_empty() {
         ItNexus::new(&format!("nexus:{}", cmd.nexus), cmd.port.relative_id)
+    } else if is_nvme_identity(cmd.initiator) {
+        // Login does not restrict iSCSI names: one spelled like an NVMe
+        // host's identity would otherwise share that host's registration.
+        ItNexus::new(&format!("iscsi:{}", cmd.initiator), cmd.port.relative_id)
     } else {
         ItNexus::new(cmd.initiator, cmd.port.relative_id)
     }
+}
+
+fn is_nvme_identity(name: &str) -> bool {
+    let p = crate::nvme::pr::IDENTITY_PREFIX;
+    name.get(..p.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(p))
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -284,7 +294,9 @@ fn parse_transport_id(p: &[u8], at: usize) -> Result<(String, usize), Sense> {
     let name = std::str::from_utf8(&body[..end])
         .map_err(|_| bad(4))?
         .to_ascii_lowercase();
+    // A TransportID names an iSCSI port, never an NVMe host.
     let valid = !name.is_empty()
+        && !is_nvme_identity(&name)
         && name.len() <= MAX_IDENTITY
         && name.bytes().all(|b| (0x21..0x7F).contains(&b))
         && match format {
