@@ -42,6 +42,9 @@ enum Cmd {
         /// Prometheus metrics address (/metrics).
         #[arg(long, default_value = vtgt::metrics::DEFAULT_LISTEN)]
         metrics_listen: SocketAddr,
+        /// Serve no metrics (to measure what recording them costs).
+        #[arg(long)]
+        no_metrics: bool,
         /// Admin socket (default: DATA_DIR/vtgt.sock).
         #[arg(long)]
         admin_socket: Option<PathBuf>,
@@ -213,6 +216,7 @@ fn main() -> ExitCode {
             iscsi_listen,
             nvme_listen,
             metrics_listen,
+            no_metrics,
             admin_socket,
         } => {
             let mut cfg = match &config {
@@ -243,7 +247,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(cfg, config, admin_socket, metrics_listen)) {
+            let metrics = (!no_metrics).then_some(metrics_listen);
+            match rt.block_on(serve(cfg, config, admin_socket, metrics)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vtgt: {e:#}");
@@ -258,13 +263,17 @@ async fn serve(
     cfg: Config,
     config_path: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
-    metrics_listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let socket = admin_socket.unwrap_or_else(|| vtgt::admin::default_socket(&cfg.data_dir));
-    vtgt::metrics::install(metrics_listen)?;
-    info!(listen = %metrics_listen, "metrics up");
+    if let Some(listen) = metrics_listen {
+        vtgt::metrics::install(listen)?;
+        info!(%listen, "metrics up");
+    }
     let server = Arc::new(Server::start(cfg).await?);
-    vtgt::metrics::spawn_exporter(server.clone());
+    if metrics_listen.is_some() {
+        vtgt::metrics::spawn_exporter(server.clone());
+    }
     let ctx = Arc::new(AdminContext {
         server: server.clone(),
         config_path: config_path.clone(),
