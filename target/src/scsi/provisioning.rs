@@ -25,10 +25,9 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// OPTIMAL UNMAP GRANULARITY: 4 KiB, the file systems' hole granularity.
 pub const UNMAP_GRANULARITY: u32 = 8;
 /// MAXIMUM WRITE SAME LENGTH. The pattern is written in bounded chunks, so
-/// the limit only bounds how long one command runs; below 64Ki blocks
-/// because initiators check a deallocation by reading it back in one
-/// command, and that must fit the maximum transfer length.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
+/// the limit only bounds how long one command runs: 2 GiB at 512 bytes per
+/// block, enough to cover typical LUs in one command.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
 /// Bytes one WRITE SAME step writes.
 const WRITE_SAME_CHUNK: usize = 1 << 20;
 /// Most descriptors one GET LBA STATUS returns, and how far it looks.
@@ -134,8 +133,14 @@ pub async fn write_same(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiR
     }
     // The range first, so a zero-length request past the end reports that.
     check_range(vol, lba, blocks.max(1))?;
-    // WSNZ = 1: zero blocks does not mean "to the end".
-    if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
+    // WSNZ = 0: zero blocks means from the LBA to the last one (SBC-3
+    // 5.42), which must still be within MAXIMUM WRITE SAME LENGTH.
+    let blocks = if blocks == 0 {
+        vol.num_blocks() - lba
+    } else {
+        blocks
+    };
+    if blocks > MAX_WRITE_SAME_BLOCKS {
         return Err(Sense::invalid_cdb_field(len_byte, None));
     }
     if lu.write_protected() {
@@ -228,8 +233,7 @@ pub fn fill_vpd_b0(b: &mut [u8]) {
     if b.len() < 52 {
         return;
     }
-    // WSNZ: a zero-length WRITE SAME is refused.
-    b[0] |= 0x01;
+    // WSNZ = 0: a zero-length WRITE SAME writes to the last LBA.
     b[1] = super::atomic::MAX_COMPARE_BLOCKS;
     b[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
     b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
