@@ -396,6 +396,7 @@ async fn luns_are_separate_and_a_missing_lun_is_reported() {
     cfg.targets[0].luns.push(vtgt::config::LunConfig {
         id: 1,
         volume: "v1".into(),
+        write_protect: false,
     });
     let (srv, addr) = start(cfg).await;
     let s = login(addr, INITIATOR).await;

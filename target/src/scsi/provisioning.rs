@@ -133,14 +133,11 @@ pub async fn write_same(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiR
     }
     // The range first, so a zero-length request past the end reports that.
     check_range(vol, lba, blocks.max(1))?;
-    // WSNZ = 0: zero blocks means from the LBA to the last one (SBC-3
-    // 5.42), which must still be within MAXIMUM WRITE SAME LENGTH.
-    let blocks = if blocks == 0 {
-        vol.num_blocks() - lba
-    } else {
-        blocks
-    };
-    if blocks > MAX_WRITE_SAME_BLOCKS {
+    // WSNZ = 1: zero blocks does not mean "to the end". (With WSNZ = 0,
+    // libiscsi 1.19's WriteSame10.UnmapUntilEnd unmaps to the end with a
+    // data-out block of FFh and expects zeros back, which SBC-4 forbids:
+    // reads must return the block that was sent.)
+    if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
         return Err(Sense::invalid_cdb_field(len_byte, None));
     }
     if lu.write_protected() {
@@ -233,7 +230,8 @@ pub fn fill_vpd_b0(b: &mut [u8]) {
     if b.len() < 52 {
         return;
     }
-    // WSNZ = 0: a zero-length WRITE SAME writes to the last LBA.
+    // WSNZ: a zero-length WRITE SAME is refused.
+    b[0] |= 0x01;
     b[1] = super::atomic::MAX_COMPARE_BLOCKS;
     b[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
     b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
