@@ -27,11 +27,25 @@ name = "libiscsi"
 backend = "file"
 path = "libiscsi.img"
 size = "256MiB"
+[[volume]]
+name = "libiscsi-ro"
+backend = "file"
+path = "libiscsi-ro.img"
+size = "16MiB"
 [[target]]
 name = "$target"
 [[target.lun]]
 id = 0
 volume = "libiscsi"
+# A second target whose LU starts write protected, for the ReadOnly family:
+# iscsi-test-cu decides once, from MODE SENSE WP, whether the LU is
+# read-only, and skips ReadOnly.ReadOnlySBC on a writable one.
+[[target]]
+name = "$target-ro"
+[[target.lun]]
+id = 0
+volume = "libiscsi-ro"
+write_protect = true
 TOML
 start_vtgt "$work/vtgt.toml" "$work/vtgt.log"
 p1=$(echo "$PORTALS" | sed -n 1p)
@@ -49,10 +63,22 @@ set +e
 timeout 1200 iscsi-test-cu -d -V -t "$tests" \
     "iscsi://$p1/$target/0" "iscsi://$p2/$target/0" >"$work/cu.log" 2>&1
 rc=$?
+# The ReadOnly family against the write-protected LU; its results are
+# reported as "ro:ReadOnly.*".
+ro_rc=0
+ro_tests=${LIBISCSI_RO_TESTS-ALL.ReadOnly}
+: >"$work/cu-ro.log"
+if [ -n "$ro_tests" ]; then
+    echo "== iscsi-test-cu -d -t $ro_tests (write-protected LU)"
+    timeout 600 iscsi-test-cu -d -V -t "$ro_tests" \
+        "iscsi://$p1/$target-ro/0" >"$work/cu-ro.log" 2>&1
+    ro_rc=$?
+fi
 set -e
 
 # One record per test: a test's result is the first "passed"/"FAILED" after
 # its "Test: NAME ..." marker; any "[SKIPPED]" before that makes it a skip.
+parse_cu() {
 perl -ne '
     BEGIN { $suite = ""; }
     $suite = $1 if /^Suite: (\S+)/;
@@ -62,24 +88,26 @@ perl -ne '
         elsif ($m eq "[SKIPPED]") { $skip = 1 if defined $cur; }
         elsif ($m eq "[FAILED]") { }
         elsif (defined $cur) {
-            print(($m eq "passed" ? ($skip ? "SKIP" : "PASS") : "FAIL"), " $cur\n");
+            print(($m eq "passed" ? ($skip ? "SKIP" : "PASS") : "FAIL"), " $ENV{CU_PREFIX}$cur\n");
             undef $cur;
         }
     }
-' "$work/cu.log" >"$work/results"
+' "$1"
+}
+{ CU_PREFIX= parse_cu "$work/cu.log"; CU_PREFIX=ro: parse_cu "$work/cu-ro.log"; } >"$work/results"
 
 pass=$(grep -c '^PASS' "$work/results" || true)
 skip=$(grep -c '^SKIP' "$work/results" || true)
 fail=$(grep -c '^FAIL' "$work/results" || true)
-grep -A4 'Run Summary' "$work/cu.log" || true
+grep -h -A4 'Run Summary' "$work/cu.log" "$work/cu-ro.log" || true
 if [ "$skip" -gt 0 ]; then
     echo "-- skipped:"
     grep '^SKIP' "$work/results" | sed 's/^SKIP /   /'
 fi
-if [ "$fail" -gt 0 ] || [ "$rc" -ne 0 ]; then
+if [ "$fail" -gt 0 ] || [ "$rc" -ne 0 ] || [ "$ro_rc" -ne 0 ]; then
     echo "-- failed:"
     grep '^FAIL' "$work/results" | sed 's/^FAIL /   /'
-    grep -n '\[FAILED\]\|CU_ASSERT' "$work/cu.log" | head -50
+    grep -n '\[FAILED\]\|CU_ASSERT' "$work/cu.log" "$work/cu-ro.log" | head -50
     [ "$fail" -eq 0 ] && fail=1
 fi
 if [ $((pass + skip + fail)) -eq 0 ]; then

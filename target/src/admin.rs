@@ -208,7 +208,11 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
             if t.luns.iter().any(|l| l.id == lun) {
                 bail!("target {target} already has LUN {lun}");
             }
-            t.luns.push(LunConfig { id: lun, volume });
+            t.luns.push(LunConfig {
+                id: lun,
+                volume,
+                write_protect: false,
+            });
             t.luns.sort_by_key(|l| l.id);
         }
         Request::RemoveLun { target, lun } => {

@@ -128,6 +128,11 @@ pub struct PortGroupConfig {
 pub struct LunConfig {
     pub id: u64,
     pub volume: String,
+    /// Start the LU software write protected (SWP in the Control mode
+    /// page): writes fail with DATA PROTECT / WRITE PROTECTED and MODE
+    /// SENSE reports WP. An initiator may clear it with MODE SELECT.
+    #[serde(default)]
+    pub write_protect: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -209,6 +214,7 @@ impl Config {
                 luns: vec![LunConfig {
                     id: 0,
                     volume: "default".into(),
+                    write_protect: false,
                 }],
                 allowed_initiators: vec![],
                 chap: None,
@@ -408,6 +414,17 @@ mod tests {
     #[test]
     fn default_is_valid() {
         Config::embedded_default().validate().unwrap();
+    }
+
+    #[test]
+    fn lun_write_protect_option() {
+        let text = "[[volume]]\nname = \"v\"\nbackend = \"memory\"\nsize = \"1MiB\"\n\
+                    [[target]]\nname = \"iqn.2026-11.x:y\"\n\
+                    [[target.lun]]\nid = 0\nvolume = \"v\"\n\
+                    [[target.lun]]\nid = 1\nvolume = \"v\"\nwrite_protect = true\n";
+        let c = Config::parse(text, "wp.toml").unwrap();
+        assert!(!c.targets[0].luns[0].write_protect);
+        assert!(c.targets[0].luns[1].write_protect);
     }
 
     #[test]

@@ -141,6 +141,9 @@ impl Server {
                     .get(&l.volume)
                     .ok_or_else(|| anyhow!("unknown volume {}", l.volume))?;
                 let lu = make_lu(l.id, e, &t.name);
+                if l.write_protect {
+                    start_write_protected(&lu);
+                }
                 lu.alua().configure(&ports, &states);
                 luns.insert(l.id, lu);
             }
@@ -290,7 +293,16 @@ impl Server {
                     .find(|x| x.name == t.name)
                     .and_then(|x| x.lun(l.id))
                     .filter(|lu| Arc::ptr_eq(lu.volume(), &e.volume));
-                luns.insert(l.id, existing.unwrap_or_else(|| make_lu(l.id, e, &t.name)));
+                luns.insert(
+                    l.id,
+                    existing.unwrap_or_else(|| {
+                        let lu = make_lu(l.id, e, &t.name);
+                        if l.write_protect {
+                            start_write_protected(&lu);
+                        }
+                        lu
+                    }),
+                );
             }
             match targets.iter().position(|x| x.name == t.name) {
                 Some(i) => {
@@ -442,6 +454,14 @@ pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
     cfg.data_dir.join(format!("{name}.pr"))
 }
 
+/// Sets software write protect (SWP) on a new LU, as `write_protect` in its
+/// LUN configuration asks.
+fn start_write_protected(lu: &LogicalUnit) {
+    let mut m = lu.mode();
+    m.swp = true;
+    lu.set_mode(m);
+}
+
 pub fn make_lu(lun: u64, e: &VolumeEntry, target: &str) -> Arc<LogicalUnit> {
     let id = e.volume.stable_id();
     crate::scsi::xcopy::register(id, &e.volume);
@@ -459,4 +479,56 @@ pub fn make_lu(lun: u64, e: &VolumeEntry, target: &str) -> Arc<LogicalUnit> {
             port_group: 1,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::{self, ScsiCommand, ScsiResult};
+    use bytes::Bytes;
+
+    async fn exec(lu: &LogicalUnit, cdb: &[u8], data: Vec<u8>) -> ScsiResult {
+        scsi::execute(
+            lu,
+            ScsiCommand {
+                cdb,
+                edtl: data.len() as u32,
+                read: data.is_empty(),
+                write: !data.is_empty(),
+                data_out: Bytes::from(data),
+                nexus: 1,
+                luns: &[0],
+                port: TargetPort::default(),
+                initiator: "",
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn write_protect_lun_config_starts_protected() {
+        let volume = Volume::simple("wp", Arc::new(MemBackend::new(64 * 512).unwrap()), 512);
+        let e = VolumeEntry {
+            control: LuControl::new(Exposure::new(volume.clone())),
+            volume,
+        };
+        let lu = make_lu(0, &e, "iqn.2026-11.org.example:wp");
+        start_write_protected(&lu);
+        assert!(lu.write_protected());
+        // Clear the power-on unit attention first.
+        exec(&lu, &[0x00, 0, 0, 0, 0, 0], vec![]).await;
+        // MODE SENSE (6): WP in the device-specific parameter.
+        let r = exec(&lu, &[0x1A, 0, 0x3F, 0, 255, 0], vec![]).await;
+        assert_eq!(r.status, 0);
+        assert_eq!(r.data_in[2] & 0x80, 0x80);
+        // WRITE (10) fails with DATA PROTECT / WRITE PROTECTED.
+        let r = exec(&lu, &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], vec![0; 512]).await;
+        assert_eq!(r.status, 2);
+        let sense = r.sense.unwrap();
+        assert_eq!(sense[2] & 0x0F, 0x07);
+        assert_eq!(sense[12], 0x27);
+        // A fresh LU without the option is writable.
+        let lu2 = make_lu(1, &e, "iqn.2026-11.org.example:wp");
+        assert!(!lu2.write_protected());
+    }
 }

@@ -396,6 +396,7 @@ async fn luns_are_separate_and_a_missing_lun_is_reported() {
     cfg.targets[0].luns.push(vtgt::config::LunConfig {
         id: 1,
         volume: "v1".into(),
+        write_protect: false,
     });
     let (srv, addr) = start(cfg).await;
     let s = login(addr, INITIATOR).await;
@@ -626,7 +627,11 @@ async fn data_in_and_r2t_sequences_respect_negotiated_limits() {
 
 #[tokio::test]
 async fn maximum_transfer_length_is_advertised_and_enforced() {
-    let (srv, addr) = start_mem().await;
+    // A volume larger than the maximum transfer (32 MiB).
+    const BIG_BYTES: u64 = 64 << 20;
+    let mut cfg = mem_config();
+    cfg.volumes = vec![volume("v0", BIG_BYTES)];
+    let (srv, addr) = start(cfg).await;
     let s = login(addr, INITIATOR).await;
     // Block Limits VPD page: MAXIMUM TRANSFER LENGTH in blocks.
     let inquiry = [0x12u8, 0x01, 0xb0, 0x00, 0xff, 0x00];
@@ -640,7 +645,7 @@ async fn maximum_transfer_length_is_advertised_and_enforced() {
     assert_eq!(r.data[1], 0xb0);
     let max = u32::from_be_bytes(r.data[8..12].try_into().unwrap());
     assert!(
-        max > 0 && (max as u64) < VOLUME_BLOCKS,
+        max > 0 && (max as u64) < BIG_BYTES / BLOCK as u64,
         "max transfer {max}"
     );
     // Exactly the maximum works.

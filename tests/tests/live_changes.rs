@@ -99,6 +99,7 @@ async fn lun_add_and_resize_raise_unit_attentions() {
     next.targets[0].luns.push(LunConfig {
         id: 1,
         volume: "second".into(),
+        write_protect: false,
     });
     let sum = server.apply(next.clone()).await.unwrap();
     assert_eq!(sum.luns_added, vec![format!("{TARGET}/1")]);

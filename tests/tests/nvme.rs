@@ -69,6 +69,7 @@ fn config() -> Config {
             luns: vec![LunConfig {
                 id: 0,
                 volume: "shared".into(),
+                write_protect: false,
             }],
             allowed_initiators: vec![],
             chap: None,

@@ -63,10 +63,12 @@ async fn extended_copy_between_luns() {
         LunConfig {
             id: 0,
             volume: "src".into(),
+            write_protect: false,
         },
         LunConfig {
             id: 1,
             volume: "dst".into(),
+            write_protect: false,
         },
     ];
     let server = Server::start(cfg).await.unwrap();

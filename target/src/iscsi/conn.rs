@@ -25,7 +25,7 @@ use crate::scsi::{self, ScsiCommand};
 use crate::target::Target;
 
 /// Largest transfer a command may move; more EDTL is drained and dropped.
-pub const MAX_IO_BYTES: u32 = 8 << 20;
+pub const MAX_IO_BYTES: u32 = scsi::MAX_TRANSFER_BYTES;
 /// CmdSN window per session.
 pub const QUEUE_DEPTH: u32 = 128;
 

@@ -8,7 +8,7 @@ use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::lu::LogicalUnit;
 use super::sbc::{check_range, engine_sense};
-use super::{ScsiCommand, ScsiResult, MAX_TRANSFER_BLOCKS};
+use super::{max_transfer_blocks, ScsiCommand, ScsiResult};
 
 pub const COMPARE_AND_WRITE: u8 = 0x89;
 pub const ORWRITE_16: u8 = 0x8B;
@@ -108,7 +108,7 @@ pub async fn orwrite(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResu
     let blocks = be32(cdb, 10) as u64;
     let vol = lu.volume();
     let bs = vol.block_size() as usize;
-    if blocks > MAX_TRANSFER_BLOCKS as u64 {
+    if blocks > max_transfer_blocks(vol.block_size()) as u64 {
         return Err(Sense::invalid_cdb_field(10, None));
     }
     check_range(vol, lba, blocks)?;

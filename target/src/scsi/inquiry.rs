@@ -5,7 +5,7 @@ use vtgt_protocol::scsi::cdb::decode_inquiry;
 use vtgt_protocol::scsi::sense::Sense;
 
 use super::lu::{LogicalUnit, LuIdentity};
-use super::{field, TargetPort, MAX_TRANSFER_BLOCKS, OPTIMAL_GRANULARITY_BLOCKS};
+use super::{field, max_transfer_blocks, TargetPort, OPTIMAL_GRANULARITY_BLOCKS};
 
 /// IEEE company identifier used in the NAA 6 designator. Operators with
 /// their own OUI should replace it; the remaining 100 bits come from the
@@ -133,9 +133,10 @@ pub fn vpd_page(lu: &LogicalUnit, page: u8, port: TargetPort) -> Option<Vec<u8>>
             b[2..4].copy_from_slice(&(OPTIMAL_GRANULARITY_BLOCKS as u16).to_be_bytes());
             // Maximum transfer length, optimal transfer length and maximum
             // prefetch length, all in blocks.
-            b[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
-            b[8..12].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
-            b[12..16].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
+            let max = max_transfer_blocks(lu.volume().block_size());
+            b[4..8].copy_from_slice(&max.to_be_bytes());
+            b[8..12].copy_from_slice(&max.to_be_bytes());
+            b[12..16].copy_from_slice(&max.to_be_bytes());
             super::provisioning::fill_vpd_b0(&mut b);
             b
         }

@@ -108,9 +108,19 @@ pub struct ScsiResult {
     pub aborted_nexuses: Vec<NexusId>,
 }
 
-/// Maximum transfer length in blocks (Block Limits VPD page), 4 MiB at 512
-/// bytes per block. Longer transfers are INVALID FIELD IN CDB.
-pub const MAX_TRANSFER_BLOCKS: u32 = 8192;
+/// Largest data transfer one command may move, in bytes; the iSCSI
+/// transport accepts exactly this much (`iscsi::conn::MAX_IO_BYTES`).
+pub const MAX_TRANSFER_BYTES: u32 = 32 << 20;
+/// Maximum transfer length in blocks (Block Limits VPD page) at 512 bytes
+/// per block: 64Ki blocks, so a 65536-block read-back of a deallocated
+/// range fits one command. Longer transfers are INVALID FIELD IN CDB.
+pub const MAX_TRANSFER_BLOCKS: u32 = MAX_TRANSFER_BYTES / 512;
+
+/// Maximum transfer length in blocks for a block size: never more bytes
+/// than the transport accepts.
+pub fn max_transfer_blocks(block_size: u32) -> u32 {
+    MAX_TRANSFER_BYTES / block_size.max(512)
+}
 /// Optimal transfer length granularity in blocks (4 KiB).
 pub const OPTIMAL_GRANULARITY_BLOCKS: u32 = 8;
 
@@ -175,11 +185,11 @@ pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
 
 /// `None` means "fault to the control path".
 async fn fast_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, rw: cdb::RwCdb) -> Option<ScsiResult> {
-    if rw.blocks > MAX_TRANSFER_BLOCKS {
-        return None;
-    }
     let exposure = lu.control().exposure();
     let vol = exposure.volume();
+    if rw.blocks > max_transfer_blocks(vol.block_size()) {
+        return None;
+    }
     let bytes = rw.blocks as usize * vol.block_size() as usize;
     if rw.write && (cmd.data_out.len() < bytes || lu.write_protected()) {
         // A short data-out needs the control path's residual handling; a
@@ -337,6 +347,9 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
         (op::PRE_FETCH_10 | op::PRE_FETCH_16, _) => {
             sbc::pre_fetch(vol, cdb)?;
             ScsiResult::good()
+        }
+        (sbc::READ_DEFECT_DATA_10 | sbc::READ_DEFECT_DATA_12, _) => {
+            data(sbc::read_defect_data(cdb)?)
         }
         (op::START_STOP_UNIT, _) => {
             sbc::start_stop(vol, cdb).await?;

@@ -10,6 +10,7 @@ use super::alua::{MAINTENANCE_OUT, SA_REPORT_TPG, SA_SET_TPG};
 use super::atomic::{COMPARE_AND_WRITE, ORWRITE_16, WRITE_ATOMIC_16};
 use super::field;
 use super::provisioning::{SA_GET_LBA_STATUS, UNMAP, WRITE_SAME_10, WRITE_SAME_16};
+use super::sbc::{READ_DEFECT_DATA_10, READ_DEFECT_DATA_12};
 use super::xcopy::{
     EXTENDED_COPY, RECEIVE_COPY_RESULTS, SA_COPY_STATUS, SA_EXTENDED_COPY_LID1,
     SA_OPERATING_PARAMETERS,
@@ -75,6 +76,7 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(UNMAP, &[UNMAP, 0, 0, 0, 0, 0, 0x1F, FF, FF, C]),
     cmd(op::PRE_FETCH_10, &[op::PRE_FETCH_10, 0x02, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::SYNCHRONIZE_CACHE_10, &[op::SYNCHRONIZE_CACHE_10, 0x06, FF, FF, FF, FF, 0x1F, FF, FF, C]),
+    cmd(READ_DEFECT_DATA_10, &[READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0, FF, FF, C]),
     cmd(op::MODE_SELECT_10, &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, FF, FF, C]),
     cmd(op::RESERVE_10, &[op::RESERVE_10, 0, 0, 0, 0, 0, 0, 0, 0, C]),
     cmd(op::RELEASE_10, &[op::RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, C]),
@@ -124,6 +126,7 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(op::WRITE_12, &[op::WRITE_12, 0xFA, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::WRITE_AND_VERIFY_12, &[op::WRITE_AND_VERIFY_12, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
     cmd(op::VERIFY_12, &[op::VERIFY_12, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, C]),
+    cmd(READ_DEFECT_DATA_12, &[READ_DEFECT_DATA_12, 0x1F, FF, FF, FF, FF, FF, FF, FF, FF, 0, C]),
 ];
 
 /// Whether any supported command with `opcode` has service actions.

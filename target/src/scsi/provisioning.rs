@@ -25,10 +25,9 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// OPTIMAL UNMAP GRANULARITY: 4 KiB, the file systems' hole granularity.
 pub const UNMAP_GRANULARITY: u32 = 8;
 /// MAXIMUM WRITE SAME LENGTH. The pattern is written in bounded chunks, so
-/// the limit only bounds how long one command runs; below 64Ki blocks
-/// because initiators check a deallocation by reading it back in one
-/// command, and that must fit the maximum transfer length.
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
+/// the limit only bounds how long one command runs: 2 GiB at 512 bytes per
+/// block, enough to cover typical LUs in one command.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
 /// Bytes one WRITE SAME step writes.
 const WRITE_SAME_CHUNK: usize = 1 << 20;
 /// Most descriptors one GET LBA STATUS returns, and how far it looks.
@@ -134,7 +133,10 @@ pub async fn write_same(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiR
     }
     // The range first, so a zero-length request past the end reports that.
     check_range(vol, lba, blocks.max(1))?;
-    // WSNZ = 1: zero blocks does not mean "to the end".
+    // WSNZ = 1: zero blocks does not mean "to the end". (With WSNZ = 0,
+    // libiscsi 1.19's WriteSame10.UnmapUntilEnd unmaps to the end with a
+    // data-out block of FFh and expects zeros back, which SBC-4 forbids:
+    // reads must return the block that was sent.)
     if blocks == 0 || blocks > MAX_WRITE_SAME_BLOCKS {
         return Err(Sense::invalid_cdb_field(len_byte, None));
     }

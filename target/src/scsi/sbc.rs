@@ -11,7 +11,10 @@ use vtgt_protocol::scsi::cdb::{
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::lu::LogicalUnit;
-use super::{field, MAX_TRANSFER_BLOCKS};
+use super::{field, max_transfer_blocks};
+
+/// Blocks one internal read step of a long VERIFY moves.
+const CHUNK_BLOCKS: u64 = 8192;
 
 /// LBA OUT OF RANGE unless `lba..lba+blocks` lies inside the medium.
 pub fn check_range(vol: &Volume, lba: u64, blocks: u64) -> Result<(), Sense> {
@@ -40,7 +43,7 @@ pub fn engine_sense(e: &EngineError, lba: u64, write: bool) -> Sense {
 /// Checks the transfer length against the Block Limits VPD page and the
 /// range against the medium.
 fn check_transfer(vol: &Volume, rw: &Rw, moves_data: bool) -> Result<(), Sense> {
-    if moves_data && rw.blocks > MAX_TRANSFER_BLOCKS {
+    if moves_data && rw.blocks > max_transfer_blocks(vol.block_size()) {
         return Err(Sense::invalid_cdb_field(rw.len_byte, None));
     }
     check_range(vol, rw.lba, rw.blocks as u64)
@@ -70,7 +73,7 @@ where
     let mut at = lba;
     let end = lba + blocks;
     while at < end {
-        let n = (end - at).min(MAX_TRANSFER_BLOCKS as u64);
+        let n = (end - at).min(CHUNK_BLOCKS);
         let data = vol
             .read(at, n)
             .await
@@ -230,9 +233,12 @@ pub fn read_capacity(vol: &Volume, cdb: &[u8]) -> Result<(Vec<u8>, usize), Sense
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&last.to_be_bytes());
     d[8..12].copy_from_slice(&bs.to_be_bytes());
-    // No protection, one logical block per physical block (initiators'
-    // GET LBA STATUS checks assume it), thin provisioned (LBPME) with
-    // unmapped blocks reading zero (LBPRZ), lowest aligned LBA 0.
+    // No protection; one logical block per physical block
+    // (LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0: libiscsi 1.19's
+    // GetLBAStatus.UnmapSingle queries LBA i + 1 but checks the answer
+    // against i + 2^exponent, so any exponent above 0 fails it); thin
+    // provisioned (LBPME) with unmapped blocks reading zero (LBPRZ),
+    // lowest aligned LBA 0.
     d[14] = super::provisioning::READ_CAPACITY_LBP;
     Ok((d, rc.alloc as usize))
 }
@@ -246,4 +252,28 @@ pub async fn start_stop(vol: &Volume, cdb: &[u8]) -> Result<(), Sense> {
         vol.flush().await.map_err(|e| engine_sense(&e, 0, true))?;
     }
     Ok(())
+}
+
+/// READ DEFECT DATA (10).
+pub const READ_DEFECT_DATA_10: u8 = 0x37;
+/// READ DEFECT DATA (12).
+pub const READ_DEFECT_DATA_12: u8 = 0xB7;
+
+/// READ DEFECT DATA (10) and (12) (SBC-3 5.12, 5.13). A virtual volume has
+/// no grown or primary defects: both lists are present and empty, in the
+/// format the initiator asked for (the defect list length is zero, so no
+/// descriptor's layout is implied).
+pub fn read_defect_data(cdb: &[u8]) -> Result<(Vec<u8>, usize), Sense> {
+    let twelve = cdb[0] == READ_DEFECT_DATA_12;
+    // REQ_PLIST, REQ_GLIST and DEFECT LIST FORMAT: byte 2 in (10), byte 1
+    // in (12).
+    let flags = if twelve { cdb[1] } else { cdb[2] } & 0x1F;
+    if twelve {
+        let alloc = u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]) as usize;
+        // PLISTV/GLISTV/format, generation code 0, defect list length 0.
+        Ok((vec![0, flags, 0, 0, 0, 0, 0, 0], alloc))
+    } else {
+        let alloc = u16::from_be_bytes([cdb[7], cdb[8]]) as usize;
+        Ok((vec![0, flags, 0, 0], alloc))
+    }
 }

@@ -208,11 +208,12 @@ async fn write_same_pattern_unmap_ndob_and_limits() {
     let s = sense(&run(&lu, &ws10(0x20, 0, 1), vec![0; 512]).await);
     assert_eq!(s, Sense::invalid_cdb_field(1, Some(5)));
     // Above MAXIMUM WRITE SAME LENGTH, on an LU large enough.
-    let big = lu_on(
-        Volume::simple("big", Arc::new(MemBackend::new(70_000 * 512).unwrap()), 512),
-        0x3333,
-    );
+    // A sparse file: WRITE SAME of zeros with UNMAP deallocates.
+    let dir = tempfile::tempdir().unwrap();
     let n = provisioning::MAX_WRITE_SAME_BLOCKS as u32;
+    let fb =
+        FileBackend::open_or_create(&dir.path().join("big.img"), (n as u64 + 1) * 512).unwrap();
+    let big = lu_on(Volume::simple("big", Arc::new(fb), 512), 0x3333);
     good(&run(&big, &c16(0x93, 0x08, 0, n), vec![0; 512]).await);
     let s = sense(&run(&big, &c16(0x93, 0x08, 0, n + 1), vec![0; 512]).await);
     assert_eq!(s, Sense::invalid_cdb_field(10, None));
@@ -673,4 +674,51 @@ async fn extended_copy_list_id_usage() {
     assert_eq!(&v.data_in[4..6], &[0, 1], "supported commands descriptor");
     assert!(v.data_in.windows(3).any(|w| w == [0x83, 1, 0]));
     assert!(v.data_in.windows(4).any(|w| w == [0x84, 2, 0, 3]));
+}
+
+#[tokio::test]
+async fn read_defect_data_reports_empty_lists() {
+    let lu = mem_lu();
+    // (10): REQ_PLIST + REQ_GLIST, long block format (011b).
+    let r = run(&lu, &[0x37, 0, 0x1B, 0, 0, 0, 0, 0, 255, 0], vec![]).await;
+    good(&r);
+    assert_eq!(&r.data_in[..], &[0, 0x1B, 0, 0]);
+    // The allocation length truncates.
+    let r = run(&lu, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 2, 0], vec![]).await;
+    good(&r);
+    assert_eq!(&r.data_in[..], &[0, 0x18]);
+    // (12): only the grown list, short block format; 8-byte header with a
+    // 32-bit defect list length of zero.
+    let r = run(&lu, &[0xB7, 0x08, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], vec![]).await;
+    good(&r);
+    assert_eq!(&r.data_in[..], &[0, 0x08, 0, 0, 0, 0, 0, 0]);
+    // Reserved bits in the (10) CDB are invalid fields.
+    let s = sense(&run(&lu, &[0x37, 0x01, 0x18, 0, 0, 0, 0, 0, 255, 0], vec![]).await);
+    assert_eq!(s, Sense::invalid_cdb_field(1, Some(0)));
+    // Both are in REPORT SUPPORTED OPERATION CODES.
+    for (op, len) in [(0x37u8, 10usize), (0xB7, 12)] {
+        let r = run(
+            &lu,
+            &[0xA3, 0x0C, 0x01, op, 0, 0, 0, 0, 0, 64, 0, 0],
+            vec![],
+        )
+        .await;
+        good(&r);
+        assert_eq!(r.data_in[1] & 0x07, 0x03, "opcode {op:#x} supported");
+        assert_eq!(
+            u16::from_be_bytes([r.data_in[2], r.data_in[3]]) as usize,
+            len
+        );
+    }
+}
+
+#[tokio::test]
+async fn block_limits_match_transport() {
+    let lu = mem_lu();
+    let b0 = run(&lu, &[0x12, 1, 0xB0, 0, 255, 0], vec![]).await.data_in;
+    let max = u32::from_be_bytes(b0[8..12].try_into().unwrap());
+    assert_eq!(max, 65536);
+    assert_eq!(max * 512, MAX_TRANSFER_BYTES);
+    assert_eq!(max_transfer_blocks(4096) * 4096, MAX_TRANSFER_BYTES);
+    assert_eq!(max_transfer_blocks(512), MAX_TRANSFER_BLOCKS);
 }

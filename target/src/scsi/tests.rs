@@ -141,7 +141,10 @@ async fn vpd_pages() {
 
     let b0 = run(&lu, &[0x12, 1, 0xB0, 0, 255, 0]).await.data_in;
     assert_eq!(u16::from_be_bytes([b0[2], b0[3]]), 0x3C);
-    assert_eq!(u32::from_be_bytes([b0[8], b0[9], b0[10], b0[11]]), 8192);
+    assert_eq!(
+        u32::from_be_bytes([b0[8], b0[9], b0[10], b0[11]]),
+        MAX_TRANSFER_BLOCKS
+    );
     let b1 = run(&lu, &[0x12, 1, 0xB1, 0, 255, 0]).await.data_in;
     assert_eq!(u16::from_be_bytes([b1[4], b1[5]]), 1);
 }

@@ -59,6 +59,7 @@ pub fn target(name: &str, volume: &str) -> TargetConfig {
         luns: vec![LunConfig {
             id: 0,
             volume: volume.into(),
+            write_protect: false,
         }],
         allowed_initiators: vec![],
         chap: None,
