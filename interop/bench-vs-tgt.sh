@@ -32,18 +32,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
-
 size=1G
 tport=$(free_port)
 tctl=$((RANDOM % 200 + 20))
@@ -163,9 +151,9 @@ if "$bin" bench --help 2>/dev/null | grep -q nvme; then
 fi
 
 echo "== loopback ceiling (iperf3, one stream)"
-iperf3 -s -1 -B 127.0.0.1 -p "$(free_port)" >/dev/null 2>&1 &
+ip_port=$(free_port)
+iperf3 -s -1 -B 127.0.0.1 -p "$ip_port" >/dev/null 2>&1 &
 sleep 0.5
-ip_port=$(ss -ltnp 2>/dev/null | awk '/iperf3/ {split($4, a, ":"); print a[length(a)]; exit}')
 ceiling=$(iperf3 -c 127.0.0.1 -p "$ip_port" -t "$secs" -J 2>/dev/null | jq '.end.sum_received.bits_per_second / 8e6' || echo 0)
 echo "loopback iperf3: $ceiling MB/s" | tee -a "$report"
 echo

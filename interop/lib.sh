@@ -63,3 +63,16 @@ stop_vtgt() {
     fi
     VTGT_PID=""
 }
+
+# A free loopback port: nothing answers a connect to it.
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}

@@ -19,19 +19,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free loopback port: nothing answers a connect to it.
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
-
 mport=$(free_port)
 pport=$(free_port)
 target=iqn.2026-11.org.vtgt:prom
