@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod framing;
 pub mod initiator_cli;
 pub mod iscsi;
 pub mod metrics;

@@ -71,6 +71,7 @@ fn config(dir: Option<&Path>) -> Config {
             luns: vec![LunConfig {
                 id: 0,
                 volume: "vol".into(),
+                write_protect: false,
             }],
             allowed_initiators: vec![],
             chap: None,

@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use vtgt_protocol::iscsi::pdu::{
@@ -41,44 +39,9 @@ pub struct ConnParams {
     pub xfer: XferLimits,
 }
 
-/// Reads whole PDUs from the socket, bounded by the frame config.
-pub struct PduReader {
-    rd: OwnedReadHalf,
-    buf: BytesMut,
-    pub cfg: FrameConfig,
-}
-
-#[derive(Debug)]
-pub enum ReadError {
-    Closed,
-    Frame(FrameError),
-}
-
-impl PduReader {
-    pub fn new(rd: OwnedReadHalf, cfg: FrameConfig) -> Self {
-        Self {
-            rd,
-            buf: BytesMut::with_capacity(64 * 1024),
-            cfg,
-        }
-    }
-
-    /// Cancel-safe: bytes already read stay buffered.
-    pub async fn next(&mut self) -> Result<Pdu, ReadError> {
-        loop {
-            if let Some(p) = pdu::decode(&mut self.buf, &self.cfg).map_err(ReadError::Frame)? {
-                return Ok(p);
-            }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            match self.rd.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(ReadError::Closed),
-                Ok(_) => {}
-            }
-        }
-    }
-}
+/// Reads iSCSI PDUs, bounded by the frame config.
+pub type PduReader = crate::framing::PduReader<FrameConfig>;
+pub type ReadError = crate::framing::ReadError<FrameError>;
 
 /// A non-immediate command waiting for its CmdSN turn.
 enum Deferred {

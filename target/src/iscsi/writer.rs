@@ -5,8 +5,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use vtgt_protocol::iscsi::pdu::{sn_lt, Digests, Pdu};
@@ -92,54 +90,32 @@ impl Drop for TaskGuard {
     }
 }
 
-const BATCH: usize = 512 * 1024;
-
 /// Runs until the channel closes, a Close arrives or the socket fails.
 pub async fn run(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Out>,
+    wr: OwnedWriteHalf,
+    rx: mpsc::Receiver<Out>,
     window: Arc<Window>,
     digests: Digests,
     mut statsn: u32,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut close = false;
-        while let Some(o) = next.take() {
-            match o {
-                Out::Pdu(mut pdu, stamp) => {
-                    let exp = window.exp();
-                    let b = &mut pdu.bhs;
-                    match stamp {
-                        Stamp::Status => {
-                            b.set_u32(24, statsn);
-                            statsn = statsn.wrapping_add(1);
-                        }
-                        Stamp::Peek => b.set_u32(24, statsn),
-                        Stamp::Window => {}
-                    }
-                    b.set_u32(28, exp);
-                    b.set_u32(32, window.report());
-                    pdu.encode(&mut buf, digests);
+    crate::framing::write_batches(wr, rx, move |o, buf| match o {
+        Out::Pdu(mut pdu, stamp) => {
+            let exp = window.exp();
+            let b = &mut pdu.bhs;
+            match stamp {
+                Stamp::Status => {
+                    b.set_u32(24, statsn);
+                    statsn = statsn.wrapping_add(1);
                 }
-                Out::Close => {
-                    close = true;
-                    break;
-                }
+                Stamp::Peek => b.set_u32(24, statsn),
+                Stamp::Window => {}
             }
-            if buf.len() >= BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
+            b.set_u32(28, exp);
+            b.set_u32(32, window.report());
+            pdu.encode(buf, digests);
+            true
         }
-        if wr.write_all(&buf).await.is_err() {
-            break 'outer;
-        }
-        buf.clear();
-        if close {
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
+        Out::Close => false,
+    })
+    .await
 }

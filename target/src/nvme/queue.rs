@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -179,71 +179,20 @@ pub fn direction(sqe: &Sqe) -> Dir {
     }
 }
 
-/// Reads whole PDUs, bounded by the frame config; cancel-safe.
-pub struct PduReader {
-    rd: OwnedReadHalf,
-    buf: BytesMut,
-    pub cfg: FrameConfig,
-}
-
-pub enum ReadError {
-    Closed,
-    Frame(FrameError),
-}
-
-impl PduReader {
-    pub fn new(rd: OwnedReadHalf, cfg: FrameConfig) -> Self {
-        Self {
-            rd,
-            buf: BytesMut::with_capacity(64 * 1024),
-            cfg,
-        }
-    }
-
-    pub async fn next(&mut self) -> Result<Pdu, ReadError> {
-        loop {
-            if let Some(p) = tcp::decode(&mut self.buf, &self.cfg).map_err(ReadError::Frame)? {
-                return Ok(p);
-            }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            match self.rd.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(ReadError::Closed),
-                Ok(_) => {}
-            }
-        }
-    }
-}
+/// Reads NVMe/TCP PDUs, bounded by the frame config; cancel-safe.
+type PduReader = crate::framing::PduReader<FrameConfig>;
+type ReadError = crate::framing::ReadError<FrameError>;
 
 /// The single writer: PDUs queued together leave in one write.
-async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, digests: Digests) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut close = false;
-        while let Some(o) = next.take() {
-            match o {
-                Out::Pdu(p) => tcp::encode(&p, digests, &mut buf),
-                Out::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if buf.len() >= 512 * 1024 {
-                break;
-            }
-            next = rx.try_recv().ok();
+async fn writer(wr: OwnedWriteHalf, rx: mpsc::Receiver<Out>, digests: Digests) {
+    crate::framing::write_batches(wr, rx, move |o, buf| match o {
+        Out::Pdu(p) => {
+            tcp::encode(&p, digests, buf);
+            true
         }
-        if wr.write_all(&buf).await.is_err() {
-            break 'outer;
-        }
-        buf.clear();
-        if close {
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
+        Out::Close => false,
+    })
+    .await
 }
 
 fn term(fes: u16, fei: u32, header: Bytes) -> Pdu {
