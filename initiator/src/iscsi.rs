@@ -123,7 +123,6 @@ enum Waiter {
 }
 
 struct Inner {
-    wr: tokio::sync::Mutex<(OwnedWriteHalf, BytesMut)>,
     next_cmdsn: AtomicU32,
     max_cmdsn: AtomicU32,
     exp_statsn: AtomicU32,
@@ -131,11 +130,11 @@ struct Inner {
     next_itt: AtomicU32,
     pending: Mutex<HashMap<u32, Waiter>>,
     params: SessionParams,
-    digests: Digests,
     closed: AtomicBool,
     rejects: Mutex<Vec<(u8, Bhs)>>,
-    /// Data-Out answering R2Ts, sent in order by one task.
-    data_out: tokio::sync::mpsc::UnboundedSender<Vec<Pdu>>,
+    /// Everything sent goes through one writer task, in order; PDUs queued
+    /// together leave in one write.
+    out: tokio::sync::mpsc::UnboundedSender<Vec<Pdu>>,
 }
 
 pub struct Session {
@@ -269,9 +268,8 @@ impl Session {
             header: params.header_digest,
             data: params.data_digest,
         };
-        let (data_out, mut data_out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Pdu>>();
+        let (out, out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Pdu>>();
         let inner = Arc::new(Inner {
-            wr: tokio::sync::Mutex::new((wr, BytesMut::with_capacity(64 * 1024))),
             next_cmdsn: AtomicU32::new(window.0),
             max_cmdsn: AtomicU32::new(window.1),
             exp_statsn: AtomicU32::new(exp_statsn),
@@ -279,20 +277,11 @@ impl Session {
             next_itt: AtomicU32::new(0x100),
             pending: Mutex::new(HashMap::new()),
             params: params.clone(),
-            digests,
             closed: AtomicBool::new(false),
             rejects: Mutex::new(Vec::new()),
-            data_out,
+            out,
         });
-        let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move {
-            while let Some(pdus) = data_out_rx.recv().await {
-                let Some(inner) = weak.upgrade() else { break };
-                if send(&inner, &pdus).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(writer_loop(Arc::downgrade(&inner), wr, out_rx, digests));
         let rcfg = FrameConfig {
             digests,
             max_data_segment: params.initiator_max_recv_data_segment_length.max(8192),
@@ -637,25 +626,53 @@ async fn send(inner: &Inner, pdus: &[Pdu]) -> Result<(), SessionError> {
     if inner.closed.load(Ordering::Acquire) {
         return Err(SessionError::Closed);
     }
-    let mut g = inner.wr.lock().await;
-    let (wr, buf) = &mut *g;
-    buf.clear();
-    for p in pdus {
-        let mut p = p.clone();
-        // ExpStatSN is current at the moment of sending.
-        match p.bhs.opcode() {
-            Some(Opcode::ScsiCommand)
-            | Some(Opcode::NopOut)
-            | Some(Opcode::TaskMgmtRequest)
-            | Some(Opcode::TextRequest)
-            | Some(Opcode::LogoutRequest)
-            | Some(Opcode::DataOut) => p.bhs.set_u32(28, inner.exp_statsn.load(Ordering::Acquire)),
-            _ => {}
+    inner
+        .out
+        .send(pdus.to_vec())
+        .map_err(|_| SessionError::Closed)
+}
+
+/// Writes what is queued, batching PDUs that are ready together, and
+/// stamps ExpStatSN as current at the moment of sending.
+async fn writer_loop(
+    inner: std::sync::Weak<Inner>,
+    mut wr: OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Pdu>>,
+    digests: Digests,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let Some(strong) = inner.upgrade() else { break };
+        let exp = strong.exp_statsn.load(Ordering::Acquire);
+        let mut next = Some(first);
+        while let Some(pdus) = next.take() {
+            for mut p in pdus {
+                if matches!(
+                    p.bhs.opcode(),
+                    Some(
+                        Opcode::ScsiCommand
+                            | Opcode::NopOut
+                            | Opcode::TaskMgmtRequest
+                            | Opcode::TextRequest
+                            | Opcode::LogoutRequest
+                            | Opcode::DataOut
+                    )
+                ) {
+                    p.bhs.set_u32(28, exp);
+                }
+                p.encode(&mut buf, digests);
+            }
+            if buf.len() >= 512 * 1024 {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
-        p.encode(buf, inner.digests);
+        if wr.write_all(&buf).await.is_err() {
+            strong.closed.store(true, Ordering::Release);
+            break;
+        }
+        buf.clear();
     }
-    wr.write_all(buf).await?;
-    Ok(())
 }
 
 async fn reader_loop(
@@ -794,7 +811,7 @@ async fn handle_pdu(inner: &Arc<Inner>, p: Pdu) {
                 }
                 // One sender answers R2Ts in the order they came, so data
                 // stays in offset order; the reader never waits on the socket.
-                let _ = inner.data_out.send(pdus);
+                let _ = inner.out.send(pdus);
             }
         }
         Some(Opcode::NopIn) => {
