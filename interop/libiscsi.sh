@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs libiscsi's conformance suite (iscsi-test-cu, family ALL, with a second
 # portal for the multipath tests) against a fresh vtgt on loopback, and
-# checks that iscsi-ls lists the target and its LUN.
+# checks that iscsi-ls lists the target and its LUN. Extra passes: the
+# ReadOnly family on a write-protected LU, the removable-medium families
+# (PreventAllow, NoMedia, StartStopUnit) on a removable LU, and the Sanitize
+# family (iscsi-test-cu -S) on an LU of its own.
 #
 # CUnit counts a skipped test as passed, so this script reports real passes,
 # skips and failures separately, and fails on any failure.
@@ -32,6 +35,16 @@ name = "libiscsi-ro"
 backend = "file"
 path = "libiscsi-ro.img"
 size = "16MiB"
+[[volume]]
+name = "libiscsi-rm"
+backend = "file"
+path = "libiscsi-rm.img"
+size = "16MiB"
+[[volume]]
+name = "libiscsi-san"
+backend = "file"
+path = "libiscsi-san.img"
+size = "32MiB"
 [[target]]
 name = "$target"
 [[target.lun]]
@@ -46,6 +59,22 @@ name = "$target-ro"
 id = 0
 volume = "libiscsi-ro"
 write_protect = true
+# A removable LU, for PreventAllow, NoMedia and StartStopUnit.
+[[target]]
+name = "$target-rm"
+[[target.lun]]
+id = 0
+volume = "libiscsi-rm"
+removable = true
+# An LU for the Sanitize family. Its overwrite is capped at 4 MiB/s, so a
+# 32 MiB overwrite takes 8 s: Sanitize.Reset checks that a sanitize goes on
+# across task management functions, resets and a reconnect (about 5 s).
+[[target]]
+name = "$target-san"
+[[target.lun]]
+id = 0
+volume = "libiscsi-san"
+sanitize_rate_mib = 4
 TOML
 start_vtgt "$work/vtgt.toml" "$work/vtgt.log"
 p1=$(echo "$PORTALS" | sed -n 1p)
@@ -74,6 +103,28 @@ if [ -n "$ro_tests" ]; then
         "iscsi://$p1/$target-ro/0" >"$work/cu-ro.log" 2>&1
     ro_rc=$?
 fi
+# The removable-medium families against the removable LU ("rm:"), with the
+# multipath URL for the tests that want a second nexus.
+rm_rc=0
+rm_tests=${LIBISCSI_RM_TESTS-ALL.PreventAllow*,ALL.NoMedia*,ALL.StartStopUnit*}
+: >"$work/cu-rm.log"
+if [ -n "$rm_tests" ]; then
+    echo "== iscsi-test-cu -d -t $rm_tests (removable LU)"
+    timeout 600 iscsi-test-cu -d -V -t "$rm_tests" \
+        "iscsi://$p1/$target-rm/0" "iscsi://$p2/$target-rm/0" >"$work/cu-rm.log" 2>&1
+    rm_rc=$?
+fi
+# The Sanitize family (-S allows the SANITIZE tests) against its own LU
+# ("san:").
+san_rc=0
+san_tests=${LIBISCSI_SANITIZE_TESTS-ALL.Sanitize*}
+: >"$work/cu-san.log"
+if [ -n "$san_tests" ]; then
+    echo "== iscsi-test-cu -d -S -t $san_tests (sanitize LU)"
+    timeout 900 iscsi-test-cu -d -S -V -t "$san_tests" \
+        "iscsi://$p1/$target-san/0" "iscsi://$p2/$target-san/0" >"$work/cu-san.log" 2>&1
+    san_rc=$?
+fi
 set -e
 
 # One record per test: a test's result is the first "passed"/"FAILED" after
@@ -94,20 +145,27 @@ perl -ne '
     }
 ' "$1"
 }
-{ CU_PREFIX= parse_cu "$work/cu.log"; CU_PREFIX=ro: parse_cu "$work/cu-ro.log"; } >"$work/results"
+{
+    CU_PREFIX= parse_cu "$work/cu.log"
+    CU_PREFIX=ro: parse_cu "$work/cu-ro.log"
+    CU_PREFIX=rm: parse_cu "$work/cu-rm.log"
+    CU_PREFIX=san: parse_cu "$work/cu-san.log"
+} >"$work/results"
 
 pass=$(grep -c '^PASS' "$work/results" || true)
 skip=$(grep -c '^SKIP' "$work/results" || true)
 fail=$(grep -c '^FAIL' "$work/results" || true)
-grep -h -A4 'Run Summary' "$work/cu.log" "$work/cu-ro.log" || true
+logs=("$work/cu.log" "$work/cu-ro.log" "$work/cu-rm.log" "$work/cu-san.log")
+grep -h -A4 'Run Summary' "${logs[@]}" || true
 if [ "$skip" -gt 0 ]; then
     echo "-- skipped:"
     grep '^SKIP' "$work/results" | sed 's/^SKIP /   /'
 fi
-if [ "$fail" -gt 0 ] || [ "$rc" -ne 0 ] || [ "$ro_rc" -ne 0 ]; then
+if [ "$fail" -gt 0 ] || [ "$rc" -ne 0 ] || [ "$ro_rc" -ne 0 ] \
+    || [ "$rm_rc" -ne 0 ] || [ "$san_rc" -ne 0 ]; then
     echo "-- failed:"
     grep '^FAIL' "$work/results" | sed 's/^FAIL /   /'
-    grep -n '\[FAILED\]\|CU_ASSERT' "$work/cu.log" "$work/cu-ro.log" | head -50
+    grep -n '\[FAILED\]\|CU_ASSERT' "${logs[@]}" | head -50
     [ "$fail" -eq 0 ] && fail=1
 fi
 if [ $((pass + skip + fail)) -eq 0 ]; then
