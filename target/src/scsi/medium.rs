@@ -65,6 +65,13 @@ pub fn prevent_allow(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<(), Sens
 /// loads (START = 1) or ejects (START = 0) the medium, unless some nexus
 /// prevents removal.
 pub async fn start_stop(lu: &LogicalUnit, cdb: &[u8]) -> Result<(), Sense> {
+    // A removable LU takes every POWER CONDITION value, the reserved ones
+    // included, as a request that changes nothing and leaves the medium
+    // where it is: libiscsi's StartStopUnit.PwrCnd sends all of 1h..Fh
+    // with LOEJ set and expects GOOD. A fixed LU refuses reserved values.
+    if lu.removable() && cdb.len() >= 6 && cdb[4] >> 4 != 0 {
+        return Ok(());
+    }
     let ss = decode_start_stop(cdb).map_err(field)?;
     if ss.power_condition != 0 {
         return Ok(());
