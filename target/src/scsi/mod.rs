@@ -34,6 +34,8 @@ pub mod ua;
 pub mod xcopy;
 
 #[cfg(test)]
+mod medium_tests;
+#[cfg(test)]
 mod pr_tests;
 #[cfg(test)]
 mod sbc2_tests;
