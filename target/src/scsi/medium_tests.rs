@@ -64,7 +64,11 @@ async fn run(lu: &LogicalUnit, cdb: &[u8]) -> ScsiResult {
 }
 
 fn sense(r: &ScsiResult) -> Sense {
-    assert_eq!(r.status, status::CHECK_CONDITION, "expected CHECK CONDITION");
+    assert_eq!(
+        r.status,
+        status::CHECK_CONDITION,
+        "expected CHECK CONDITION"
+    );
     Sense::parse(r.sense.as_ref().expect("sense data")).expect("parsable sense")
 }
 
@@ -308,7 +312,11 @@ async fn eject_and_load() {
     let lu = removable_lu();
     assert_good(&run(&lu, &start_stop(true, 0, true, false)).await);
     assert!(!lu.medium_present());
-    for c in [&TUR[..], &READ_10_LBA0[..], &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0][..]] {
+    for c in [
+        &TUR[..],
+        &READ_10_LBA0[..],
+        &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+    ] {
         let s = sense(&run(&lu, c).await);
         assert_eq!((s.key, s.asc), (key::NOT_READY, Asc::MEDIUM_NOT_PRESENT));
     }

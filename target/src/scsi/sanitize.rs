@@ -75,11 +75,7 @@ impl SanitizeState {
     }
 
     fn set_progress(&self, done: u64, total: u64) {
-        let p = if total == 0 {
-            0
-        } else {
-            (done.min(total) * 0xFFFF / total) as u32
-        };
+        let p = (done.min(total) * 0xFFFF).checked_div(total).unwrap_or(0) as u32;
         self.progress.store(p, Ordering::Release);
     }
 

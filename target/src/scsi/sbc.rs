@@ -5,9 +5,7 @@
 
 use bytes::Bytes;
 use vtgt_engine::{EngineError, Volume};
-use vtgt_protocol::scsi::cdb::{
-    decode_lba_range, decode_read_capacity, Rw, RwKind,
-};
+use vtgt_protocol::scsi::cdb::{decode_lba_range, decode_read_capacity, Rw, RwKind};
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::lu::LogicalUnit;
