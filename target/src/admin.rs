@@ -212,6 +212,8 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 id: lun,
                 volume,
                 write_protect: false,
+                removable: false,
+                sanitize_rate_mib: 0,
             });
             t.luns.sort_by_key(|l| l.id);
         }

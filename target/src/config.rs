@@ -133,6 +133,14 @@ pub struct LunConfig {
     /// SENSE reports WP. An initiator may clear it with MODE SELECT.
     #[serde(default)]
     pub write_protect: bool,
+    /// A removable medium (INQUIRY RMB = 1): START STOP UNIT with LOEJ
+    /// ejects and loads it, PREVENT ALLOW MEDIUM REMOVAL locks it in.
+    #[serde(default)]
+    pub removable: bool,
+    /// Bandwidth cap of SANITIZE OVERWRITE in MiB/s, so an overwrite does
+    /// not starve the backend's other volumes; 0 means no cap.
+    #[serde(default)]
+    pub sanitize_rate_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -215,6 +223,8 @@ impl Config {
                     id: 0,
                     volume: "default".into(),
                     write_protect: false,
+                    removable: false,
+                    sanitize_rate_mib: 0,
                 }],
                 allowed_initiators: vec![],
                 chap: None,
@@ -414,6 +424,20 @@ mod tests {
     #[test]
     fn default_is_valid() {
         Config::embedded_default().validate().unwrap();
+    }
+
+    #[test]
+    fn lun_removable_and_sanitize_rate_options() {
+        let text = "[[volume]]\nname = \"v\"\nbackend = \"memory\"\nsize = \"1MiB\"\n\
+                    [[target]]\nname = \"iqn.2026-11.x:y\"\n\
+                    [[target.lun]]\nid = 0\nvolume = \"v\"\n\
+                    [[target.lun]]\nid = 1\nvolume = \"v\"\nremovable = true\n\
+                    sanitize_rate_mib = 4\n";
+        let c = Config::parse(text, "rm.toml").unwrap();
+        assert!(!c.targets[0].luns[0].removable);
+        assert_eq!(c.targets[0].luns[0].sanitize_rate_mib, 0);
+        assert!(c.targets[0].luns[1].removable);
+        assert_eq!(c.targets[0].luns[1].sanitize_rate_mib, 4);
     }
 
     #[test]

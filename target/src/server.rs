@@ -141,9 +141,7 @@ impl Server {
                     .get(&l.volume)
                     .ok_or_else(|| anyhow!("unknown volume {}", l.volume))?;
                 let lu = make_lu(l.id, e, &t.name);
-                if l.write_protect {
-                    start_write_protected(&lu);
-                }
+                apply_lun_options(&lu, l);
                 lu.alua().configure(&ports, &states);
                 luns.insert(l.id, lu);
             }
@@ -297,9 +295,7 @@ impl Server {
                     l.id,
                     existing.unwrap_or_else(|| {
                         let lu = make_lu(l.id, e, &t.name);
-                        if l.write_protect {
-                            start_write_protected(&lu);
-                        }
+                        apply_lun_options(&lu, l);
                         lu
                     }),
                 );
@@ -452,6 +448,16 @@ pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
         })
         .collect();
     cfg.data_dir.join(format!("{name}.pr"))
+}
+
+/// Applies a LUN's configured options to its new LU: write protection,
+/// removable medium, sanitize bandwidth cap.
+fn apply_lun_options(lu: &LogicalUnit, l: &crate::config::LunConfig) {
+    if l.write_protect {
+        start_write_protected(lu);
+    }
+    lu.set_removable(l.removable);
+    lu.set_sanitize_rate(l.sanitize_rate_mib << 20);
 }
 
 /// Sets software write protect (SWP) on a new LU, as `write_protect` in its

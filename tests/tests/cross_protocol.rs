@@ -72,6 +72,8 @@ fn config(dir: Option<&Path>) -> Config {
                 id: 0,
                 volume: "vol".into(),
                 write_protect: false,
+                removable: false,
+                sanitize_rate_mib: 0,
             }],
             allowed_initiators: vec![],
             chap: None,

@@ -397,6 +397,8 @@ async fn luns_are_separate_and_a_missing_lun_is_reported() {
         id: 1,
         volume: "v1".into(),
         write_protect: false,
+        removable: false,
+        sanitize_rate_mib: 0,
     });
     let (srv, addr) = start(cfg).await;
     let s = login(addr, INITIATOR).await;

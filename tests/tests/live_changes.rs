@@ -100,6 +100,8 @@ async fn lun_add_and_resize_raise_unit_attentions() {
         id: 1,
         volume: "second".into(),
         write_protect: false,
+        removable: false,
+        sanitize_rate_mib: 0,
     });
     let sum = server.apply(next.clone()).await.unwrap();
     assert_eq!(sum.luns_added, vec![format!("{TARGET}/1")]);

@@ -70,6 +70,8 @@ fn config() -> Config {
                 id: 0,
                 volume: "shared".into(),
                 write_protect: false,
+                removable: false,
+                sanitize_rate_mib: 0,
             }],
             allowed_initiators: vec![],
             chap: None,

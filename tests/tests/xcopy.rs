@@ -64,11 +64,15 @@ async fn extended_copy_between_luns() {
             id: 0,
             volume: "src".into(),
             write_protect: false,
+            removable: false,
+            sanitize_rate_mib: 0,
         },
         LunConfig {
             id: 1,
             volume: "dst".into(),
             write_protect: false,
+            removable: false,
+            sanitize_rate_mib: 0,
         },
     ];
     let server = Server::start(cfg).await.unwrap();

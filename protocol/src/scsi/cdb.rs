@@ -126,8 +126,8 @@ pub fn service_action(cdb: &[u8]) -> Option<u16> {
         &op::PERSISTENT_RESERVE_IN | &op::PERSISTENT_RESERVE_OUT => {
             Some((byte(cdb, 1) & 0x1F) as u16)
         }
-        // EXTENDED COPY, RECEIVE COPY RESULTS, MAINTENANCE OUT.
-        0x83 | 0x84 | 0xA4 => Some((byte(cdb, 1) & 0x1F) as u16),
+        // EXTENDED COPY, RECEIVE COPY RESULTS, MAINTENANCE OUT, SANITIZE.
+        0x83 | 0x84 | 0xA4 | 0x48 => Some((byte(cdb, 1) & 0x1F) as u16),
         _ => None,
     }
 }

@@ -49,6 +49,12 @@ impl Asc {
     pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3A, 0x00);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Asc = Asc(0x3F, 0x0E);
     pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x44, 0x00);
+    /// LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (SBC-4).
+    pub const SANITIZE_IN_PROGRESS: Asc = Asc(0x04, 0x1B);
+    /// SANITIZE COMMAND FAILED (SBC-4).
+    pub const SANITIZE_COMMAND_FAILED: Asc = Asc(0x31, 0x03);
+    /// MEDIUM REMOVAL PREVENTED (SPC-4, SBC-3 START STOP UNIT).
+    pub const MEDIUM_REMOVAL_PREVENTED: Asc = Asc(0x53, 0x02);
 }
 
 /// Where an invalid field lies, for the sense-key-specific field pointer
@@ -105,6 +111,10 @@ pub struct Sense {
     pub field: Option<FieldPointer>,
     /// Deferred error (71h/73h) rather than current.
     pub deferred: bool,
+    /// Progress indication (SPC-4 4.5.2.4.4), in 65536ths of the whole, for
+    /// NOT READY and NO SENSE: reported in the sense-key-specific bytes
+    /// when there is no field pointer.
+    pub progress: Option<u16>,
 }
 
 /// Length of the fixed format we emit: 8-byte header plus 10 additional.
@@ -118,7 +128,25 @@ impl Sense {
             information: None,
             field: None,
             deferred: false,
+            progress: None,
         }
+    }
+
+    /// The same sense with a progress indication.
+    pub fn with_progress(mut self, progress: u16) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// The three sense-key-specific bytes, if any.
+    fn sks(&self) -> Option<[u8; 3]> {
+        if let Some(f) = self.field {
+            return Some(f.encode());
+        }
+        self.progress.map(|p| {
+            let [hi, lo] = p.to_be_bytes();
+            [0x80, hi, lo]
+        })
     }
 
     pub fn with_information(mut self, info: u64) -> Self {
@@ -170,8 +198,8 @@ impl Sense {
         b[7] = (FIXED_LEN - 8) as u8;
         b[12] = self.asc.0;
         b[13] = self.asc.1;
-        if let Some(f) = self.field {
-            b[15..18].copy_from_slice(&f.encode());
+        if let Some(sks) = self.sks() {
+            b[15..18].copy_from_slice(&sks);
         }
         b
     }
@@ -189,10 +217,10 @@ impl Sense {
             b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             b.extend_from_slice(&info.to_be_bytes());
         }
-        if let Some(f) = self.field {
+        if let Some(sks) = self.sks() {
             // Sense key specific descriptor (type 02h).
             b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            b.extend_from_slice(&f.encode());
+            b.extend_from_slice(&sks);
             b.push(0x00);
         }
         b[7] = (b.len() - 8) as u8;
@@ -222,7 +250,7 @@ impl Sense {
                     s.information = Some(u32::from_be_bytes([i[0], i[1], i[2], i[3]]) as u64);
                 }
                 if let Some(sks) = buf.get(15..18) {
-                    s.field = parse_sks(sks);
+                    s.set_sks(sks);
                 }
                 Some(s)
             }
@@ -244,7 +272,7 @@ impl Sense {
                             v.copy_from_slice(&body[2..10]);
                             s.information = Some(u64::from_be_bytes(v));
                         }
-                        0x02 if body.len() >= 5 => s.field = parse_sks(&body[2..5]),
+                        0x02 if body.len() >= 5 => s.set_sks(&body[2..5]),
                         _ => {}
                     }
                     at += 2 + len;
@@ -252,6 +280,20 @@ impl Sense {
                 Some(s)
             }
             _ => None,
+        }
+    }
+}
+
+impl Sense {
+    /// Sense-key-specific bytes: a progress indication for NOT READY and
+    /// NO SENSE, a field pointer otherwise.
+    fn set_sks(&mut self, sks: &[u8]) {
+        if matches!(self.key, key::NOT_READY | key::NO_SENSE) {
+            if sks.len() >= 3 && sks[0] & 0x80 != 0 {
+                self.progress = Some(u16::from_be_bytes([sks[1], sks[2]]));
+            }
+        } else {
+            self.field = parse_sks(sks);
         }
     }
 }

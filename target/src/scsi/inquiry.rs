@@ -144,6 +144,9 @@ pub fn vpd_page(lu: &LogicalUnit, page: u8, port: TargetPort) -> Option<Vec<u8>>
             let mut b = vec![0u8; 60];
             // Medium rotation rate 0001h: non-rotating medium.
             b[0..2].copy_from_slice(&1u16.to_be_bytes());
+            // WABEREQ and WACEREQ 01b: after a SANITIZE BLOCK ERASE or
+            // CRYPTOGRAPHIC ERASE, reads succeed (and return zeros).
+            b[3] = 0x50;
             b
         }
         // Thin provisioned, consistent with READ CAPACITY (16) LBPME.
@@ -162,7 +165,12 @@ pub fn inquiry(lu: &LogicalUnit, cdb: &[u8], port: TargetPort) -> Result<(Vec<u8
     let data = if inq.evpd {
         vpd_page(lu, inq.page, port).ok_or(Sense::invalid_cdb_field(2, None))?
     } else {
-        standard(Some(lu.identity()))
+        let mut d = standard(Some(lu.identity()));
+        if lu.removable() {
+            // RMB: the medium is removable.
+            d[1] |= 0x80;
+        }
+        d
     };
     Ok((data, inq.alloc as usize))
 }

@@ -2,7 +2,7 @@
 //! engine objects it executes against.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -55,6 +55,17 @@ pub struct LogicalUnit {
     alua: Alua,
     /// Results of this LU's EXTENDED COPY commands.
     copies: CopyManager,
+    /// Removable medium (INQUIRY RMB): START STOP UNIT LOEJ ejects and
+    /// loads it, PREVENT ALLOW MEDIUM REMOVAL guards it.
+    removable: AtomicBool,
+    /// Whether the medium is loaded; always, for a non-removable LU.
+    medium_present: AtomicBool,
+    /// Nexuses that have prevented medium removal (SPC-4 6.13).
+    prevent: Mutex<HashSet<NexusId>>,
+    /// The SANITIZE operation state (SBC-4 4.11).
+    sanitize: Arc<super::sanitize::SanitizeState>,
+    /// Bandwidth cap for SANITIZE OVERWRITE, bytes per second; 0: none.
+    sanitize_rate: AtomicU64,
 }
 
 impl LogicalUnit {
@@ -73,6 +84,11 @@ impl LogicalUnit {
             nexuses: RwLock::new(HashSet::new()),
             alua: Alua::default(),
             copies: CopyManager::default(),
+            removable: AtomicBool::new(false),
+            medium_present: AtomicBool::new(true),
+            prevent: Mutex::new(HashSet::new()),
+            sanitize: Arc::default(),
+            sanitize_rate: AtomicU64::new(0),
         })
     }
 
@@ -147,5 +163,67 @@ impl LogicalUnit {
         self.d_sense.store(next.d_sense, Ordering::Release);
         self.swp.store(next.swp, Ordering::Release);
         changed
+    }
+
+    /// Makes the medium removable (configuration: `removable = true`).
+    pub fn set_removable(&self, removable: bool) {
+        self.removable.store(removable, Ordering::Release);
+    }
+
+    pub fn removable(&self) -> bool {
+        self.removable.load(Ordering::Acquire)
+    }
+
+    pub fn medium_present(&self) -> bool {
+        self.medium_present.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_medium_present(&self, present: bool) {
+        self.medium_present.store(present, Ordering::Release);
+    }
+
+    /// Records whether `nexus` prevents medium removal.
+    pub(crate) fn set_prevent(&self, nexus: NexusId, prevent: bool) {
+        let mut p = self.prevent.lock();
+        if prevent {
+            p.insert(nexus);
+        } else {
+            p.remove(&nexus);
+        }
+    }
+
+    /// Whether any nexus prevents medium removal.
+    pub fn removal_prevented(&self) -> bool {
+        !self.prevent.lock().is_empty()
+    }
+
+    /// Ends the medium removal prevention of one nexus (I_T nexus loss).
+    pub fn clear_prevent(&self, nexus: NexusId) {
+        self.prevent.lock().remove(&nexus);
+    }
+
+    /// Ends every nexus's medium removal prevention (resets).
+    pub fn clear_all_prevent(&self) {
+        self.prevent.lock().clear();
+    }
+
+    pub(crate) fn sanitize_state(&self) -> &Arc<super::sanitize::SanitizeState> {
+        &self.sanitize
+    }
+
+    /// Caps SANITIZE OVERWRITE at `bytes_per_sec` (0: no cap), so that an
+    /// overwrite does not take all of the backend's bandwidth.
+    pub fn set_sanitize_rate(&self, bytes_per_sec: u64) {
+        self.sanitize_rate.store(bytes_per_sec, Ordering::Release);
+    }
+
+    pub fn sanitize_rate(&self) -> u64 {
+        self.sanitize_rate.load(Ordering::Acquire)
+    }
+
+    /// Whether the fast path must leave every command to the control path:
+    /// no medium, or a sanitize running or failed.
+    pub fn media_blocked(&self) -> bool {
+        !self.medium_present() || self.sanitize.blocks_media()
     }
 }

@@ -22,15 +22,19 @@ pub mod alua;
 pub mod atomic;
 pub mod inquiry;
 pub mod lu;
+pub mod medium;
 pub mod mode;
 pub mod opcodes;
 pub mod pr;
 pub mod provisioning;
+pub mod sanitize;
 pub mod sbc;
 pub mod spc;
 pub mod ua;
 pub mod xcopy;
 
+#[cfg(test)]
+mod medium_tests;
 #[cfg(test)]
 mod pr_tests;
 #[cfg(test)]
@@ -187,6 +191,11 @@ pub async fn execute(lu: &LogicalUnit, cmd: ScsiCommand<'_>) -> ScsiResult {
 async fn fast_path(lu: &LogicalUnit, cmd: &ScsiCommand<'_>, rw: cdb::RwCdb) -> Option<ScsiResult> {
     let exposure = lu.control().exposure();
     let vol = exposure.volume();
+    if lu.media_blocked() {
+        // No medium, or a sanitize: the control path reports which.
+        vol.counters.fault(FaultReason::Command);
+        return None;
+    }
     if rw.blocks > max_transfer_blocks(vol.block_size()) {
         return None;
     }
@@ -243,7 +252,8 @@ fn data_out_len(lu: &LogicalUnit, cdb: &[u8]) -> Option<u32> {
         &op::PERSISTENT_RESERVE_OUT if cdb.len() >= 10 => Some(pr::param_len(cdb)),
         _ => atomic::data_out_len(lu.volume().block_size(), cdb)
             .or_else(|| provisioning::data_out_len(lu.volume().block_size(), cdb))
-            .or_else(|| xcopy::data_out_len(cdb)),
+            .or_else(|| xcopy::data_out_len(cdb))
+            .or_else(|| sanitize::data_out_len(cdb)),
     }
 }
 
@@ -280,6 +290,12 @@ fn admit_cdb(cdb: &[u8]) -> Result<&'static opcodes::CommandInfo, Sense> {
 async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult, Sense> {
     let cdb = cmd.cdb;
     let opcode = cdb.first().copied().unwrap_or(0xFF);
+    // While a sanitize runs, only INQUIRY, REPORT LUNS and REQUEST SENSE
+    // are processed (SBC-4 4.11.3); unit attentions wait until it ends.
+    let sanitize = lu.sanitize_state();
+    if sanitize.running() && !ua::exempt(opcode) {
+        return Err(sanitize.in_progress());
+    }
     // A pending unit attention is reported before anything else, except to
     // the commands SPC-4 5.14 exempts.
     let pending = if ua::exempt(opcode) {
@@ -295,13 +311,32 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
     if pr::conflicts(lu, cmd, info).await {
         return Ok(pr::conflict());
     }
+    if medium::needs_medium(info.opcode) {
+        if !lu.medium_present() {
+            return Err(medium::not_present());
+        }
+        if sanitize.failed() && info.opcode != sanitize::SANITIZE {
+            return Err(sanitize::failed_sense());
+        }
+    }
     let vol = lu.volume();
     let data = |(d, alloc): (Vec<u8>, usize)| ScsiResult::data(d, alloc);
     Ok(match (info.opcode, info.sa) {
         (op::TEST_UNIT_READY, _) => ScsiResult::good(),
         (op::REQUEST_SENSE, _) => {
-            let pending = ua::take(lu, cmd.nexus).await;
-            data(spc::request_sense(cdb, pending)?)
+            // The sense data of the LU's state: a sanitize in progress (with
+            // its progress), no medium, sanitize failure mode; otherwise a
+            // pending unit attention.
+            let state = if sanitize.running() {
+                Some(sanitize.in_progress())
+            } else if !lu.medium_present() {
+                Some(medium::not_present())
+            } else if sanitize.failed() {
+                Some(sanitize::failed_sense())
+            } else {
+                ua::take(lu, cmd.nexus).await
+            };
+            data(spc::request_sense(cdb, state)?)
         }
         (op::INQUIRY, _) => data(inquiry::inquiry(lu, cdb, cmd.port)?),
         (op::REPORT_LUNS, _) => {
@@ -352,9 +387,14 @@ async fn dispatch(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResult,
             data(sbc::read_defect_data(cdb)?)
         }
         (op::START_STOP_UNIT, _) => {
-            sbc::start_stop(vol, cdb).await?;
+            medium::start_stop(lu, cdb).await?;
             ScsiResult::good()
         }
+        (medium::PREVENT_ALLOW_MEDIUM_REMOVAL, _) => {
+            medium::prevent_allow(lu, cmd)?;
+            ScsiResult::good()
+        }
+        (sanitize::SANITIZE, _) => sanitize::sanitize(lu, cmd).await?,
         (op::PERSISTENT_RESERVE_IN, _) => data(pr::persistent_reserve_in(lu, cmd).await?),
         (op::PERSISTENT_RESERVE_OUT, _) => pr::persistent_reserve_out(lu, cmd).await?,
         (op::RESERVE_6 | op::RESERVE_10, _) => pr::reserve(lu, cmd).await?,
@@ -415,9 +455,13 @@ pub fn execute_no_lu(cmd: &ScsiCommand<'_>) -> ScsiResult {
 /// their defaults, as nothing is saved) and every nexus, the issuer's
 /// included, gets BUS DEVICE RESET FUNCTION OCCURRED: the issuer's other
 /// tasks were aborted too, and multipath hosts expect it on every path.
-/// SPC-2 reservations end; persistent ones stay.
+/// SPC-2 reservations end; persistent ones stay; so does the medium's
+/// state, loaded or not.
 pub async fn lun_reset(lu: &LogicalUnit, _issuer: NexusId) {
     mode::reset(lu);
+    // Medium removal prevention ends with the reset (SPC-4 6.13); a
+    // sanitize in progress goes on.
+    lu.clear_all_prevent();
     lu.control().reset_reservations().await;
     lu.control().raise_all(Notice::Reset, None).await;
 }

@@ -9,7 +9,11 @@ use vtgt_protocol::scsi::sense::Sense;
 use super::alua::{MAINTENANCE_OUT, SA_REPORT_TPG, SA_SET_TPG};
 use super::atomic::{COMPARE_AND_WRITE, ORWRITE_16, WRITE_ATOMIC_16};
 use super::field;
+use super::medium::PREVENT_ALLOW_MEDIUM_REMOVAL;
 use super::provisioning::{SA_GET_LBA_STATUS, UNMAP, WRITE_SAME_10, WRITE_SAME_16};
+use super::sanitize::{
+    SANITIZE, SA_BLOCK_ERASE, SA_CRYPTO_ERASE, SA_EXIT_FAILURE_MODE, SA_OVERWRITE,
+};
 use super::sbc::{READ_DEFECT_DATA_10, READ_DEFECT_DATA_12};
 use super::xcopy::{
     EXTENDED_COPY, RECEIVE_COPY_RESULTS, SA_COPY_STATUS, SA_EXTENDED_COPY_LID1,
@@ -67,6 +71,7 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(op::RELEASE_6, &[op::RELEASE_6, 0, 0, 0, 0, C]),
     cmd(op::MODE_SENSE_6, &[op::MODE_SENSE_6, 0x08, FF, FF, FF, C]),
     cmd(op::START_STOP_UNIT, &[op::START_STOP_UNIT, 0x01, 0, 0x0F, 0xF7, C]),
+    cmd(PREVENT_ALLOW_MEDIUM_REMOVAL, &[PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, C]),
     cmd(op::READ_CAPACITY_10, &[op::READ_CAPACITY_10, 0, FF, FF, FF, FF, 0, 0, 0x01, C]),
     cmd(op::READ_10, &[op::READ_10, 0xFE, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::WRITE_10, &[op::WRITE_10, 0xFA, FF, FF, FF, FF, 0x1F, FF, FF, C]),
@@ -77,6 +82,10 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(op::PRE_FETCH_10, &[op::PRE_FETCH_10, 0x02, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(op::SYNCHRONIZE_CACHE_10, &[op::SYNCHRONIZE_CACHE_10, 0x06, FF, FF, FF, FF, 0x1F, FF, FF, C]),
     cmd(READ_DEFECT_DATA_10, &[READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0, FF, FF, C]),
+    cmd_sa(SANITIZE, SA_OVERWRITE, &[SANITIZE, 0xBF, 0, 0, 0, 0, 0, FF, FF, C]),
+    cmd_sa(SANITIZE, SA_BLOCK_ERASE, &[SANITIZE, 0xBF, 0, 0, 0, 0, 0, FF, FF, C]),
+    cmd_sa(SANITIZE, SA_CRYPTO_ERASE, &[SANITIZE, 0xBF, 0, 0, 0, 0, 0, FF, FF, C]),
+    cmd_sa(SANITIZE, SA_EXIT_FAILURE_MODE, &[SANITIZE, 0xBF, 0, 0, 0, 0, 0, FF, FF, C]),
     cmd(op::MODE_SELECT_10, &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, FF, FF, C]),
     cmd(op::RESERVE_10, &[op::RESERVE_10, 0, 0, 0, 0, 0, 0, 0, 0, C]),
     cmd(op::RELEASE_10, &[op::RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, C]),

@@ -477,5 +477,7 @@ pub async fn release(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<ScsiResu
 /// An I_T nexus ended (logout, connection loss): its SPC-2 reservation on
 /// this LU is released.
 pub async fn nexus_lost(lu: &LogicalUnit, nexus: NexusId) {
+    // Its medium removal prevention ends with it too (SPC-4 6.13).
+    lu.clear_prevent(nexus);
     lu.control().nexus_lost(nexus).await;
 }

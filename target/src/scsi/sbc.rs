@@ -5,9 +5,7 @@
 
 use bytes::Bytes;
 use vtgt_engine::{EngineError, Volume};
-use vtgt_protocol::scsi::cdb::{
-    decode_lba_range, decode_read_capacity, decode_start_stop, Rw, RwKind,
-};
+use vtgt_protocol::scsi::cdb::{decode_lba_range, decode_read_capacity, Rw, RwKind};
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::lu::LogicalUnit;
@@ -241,17 +239,6 @@ pub fn read_capacity(vol: &Volume, cdb: &[u8]) -> Result<(Vec<u8>, usize), Sense
     // lowest aligned LBA 0.
     d[14] = super::provisioning::READ_CAPACITY_LBP;
     Ok((d, rc.alloc as usize))
-}
-
-/// START STOP UNIT: a fixed disk is always started; stopping flushes the
-/// cache unless NO_FLUSH is set. LOEJ has nothing to eject.
-pub async fn start_stop(vol: &Volume, cdb: &[u8]) -> Result<(), Sense> {
-    let ss = decode_start_stop(cdb).map_err(field)?;
-    let stopping = ss.power_condition == 0 && !ss.start;
-    if stopping && !ss.no_flush {
-        vol.flush().await.map_err(|e| engine_sense(&e, 0, true))?;
-    }
-    Ok(())
 }
 
 /// READ DEFECT DATA (10).

@@ -60,6 +60,8 @@ pub fn target(name: &str, volume: &str) -> TargetConfig {
             id: 0,
             volume: volume.into(),
             write_protect: false,
+            removable: false,
+            sanitize_rate_mib: 0,
         }],
         allowed_initiators: vec![],
         chap: None,
