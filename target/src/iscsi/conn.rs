@@ -24,6 +24,9 @@ use crate::target::Target;
 
 /// Largest transfer a command may move; more EDTL is drained and dropped.
 pub const MAX_IO_BYTES: u32 = scsi::MAX_TRANSFER_BYTES;
+/// Solicited-but-unconsumed write data per connection (256 MiB). Data
+/// beyond it waits for R2Ts until earlier writes finish.
+pub const R2T_BUDGET: u64 = 256 << 20;
 /// CmdSN window per session.
 pub const QUEUE_DEPTH: u32 = 128;
 
@@ -66,6 +69,9 @@ pub struct Conn {
     /// Writes delivered in order and waiting for data.
     delivered_writes: HashMap<u32, pdu::ScsiCommand>,
     next_ttt: u32,
+    /// Bytes the connection may still ask for by R2T: bounds what all its
+    /// writes together can have buffered.
+    r2t_budget: u64,
     text_pending: HashMap<u32, Bytes>,
     closing: bool,
     /// The initiator port name ("iqn...,i,0x<isid>") SCSI commands carry.
@@ -101,6 +107,7 @@ impl Conn {
             writes: HashMap::new(),
             delivered_writes: HashMap::new(),
             next_ttt: 1,
+            r2t_budget: R2T_BUDGET,
             text_pending: HashMap::new(),
             closing: false,
             initiator_port: initiator_port(&session.initiator, session.isid).into(),
@@ -447,16 +454,8 @@ impl Conn {
                 MAX_IO_BYTES,
             );
             if !x.complete() {
-                let r2ts = x.solicit(&lim, || {
-                    let t = self.next_ttt;
-                    self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
-                    t
-                });
-                for r in r2ts {
-                    self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek)
-                        .await;
-                }
                 self.writes.insert(h.itt, x);
+                self.solicit(h.itt).await;
                 match admit {
                     Admit::Now => {
                         self.delivered_writes.insert(h.itt, h);
@@ -530,7 +529,6 @@ impl Conn {
 
     async fn data_out(&mut self, p: Pdu) -> Flow {
         let d = pdu::DataOut::parse(&p.bhs);
-        let lim = self.xfer_limits();
         let Some(x) = self.writes.get_mut(&d.itt) else {
             // Data for a command we dropped or finished: discard it.
             return Flow::Continue;
@@ -541,23 +539,14 @@ impl Conn {
             return Flow::Continue;
         }
         if !x.complete() {
-            let mut ttt = self.next_ttt;
-            let r2ts = x.solicit(&lim, || {
-                let t = ttt;
-                ttt = ttt.wrapping_add(1).max(1);
-                t
-            });
-            self.next_ttt = ttt;
-            for r in r2ts {
-                self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek)
-                    .await;
-            }
+            self.solicit(d.itt).await;
             return Flow::Continue;
         }
         let Some(mut x) = self.writes.remove(&d.itt) else {
             return Flow::Continue;
         };
         let data = x.take_data();
+        self.release_budget(x.solicited()).await;
         if let Some(h) = self.delivered_writes.remove(&d.itt) {
             self.execute(h, data);
         } else if let Some(Deferred::Scsi(h, _)) = self
@@ -574,12 +563,47 @@ impl Conn {
         Flow::Continue
     }
 
+    /// Sends the R2Ts `itt`'s transfer may have now, within the budget.
+    async fn solicit(&mut self, itt: u32) {
+        let lim = self.params.xfer;
+        let Some(x) = self.writes.get_mut(&itt) else {
+            return;
+        };
+        let mut ttt = self.next_ttt;
+        let r2ts = x.solicit(&lim, &mut self.r2t_budget, || {
+            let t = ttt;
+            ttt = ttt.wrapping_add(1).max(1);
+            t
+        });
+        self.next_ttt = ttt;
+        for r in r2ts {
+            self.send(Pdu::new(r.to_bhs(), Bytes::new()), Stamp::Peek)
+                .await;
+        }
+    }
+
+    /// Returns budget from a finished transfer and feeds starved ones.
+    pub(crate) async fn release_budget(&mut self, bytes: u64) {
+        self.r2t_budget += bytes;
+        let starved: Vec<u32> = self
+            .writes
+            .iter()
+            .filter(|(_, x)| x.starved())
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in starved {
+            self.solicit(itt).await;
+        }
+    }
+
     /// Ends a write whose data-out broke sequence: nothing is written, the
     /// command gets CHECK CONDITION, and later data for it is discarded.
     /// (At ErrorRecoveryLevel 0 there is no within-command recovery; failing
     /// the one task keeps the session's other tasks alive.)
     async fn fail_transfer(&mut self, itt: u32, e: &XferError) {
-        self.writes.remove(&itt);
+        if let Some(x) = self.writes.remove(&itt) {
+            self.release_budget(x.solicited()).await;
+        }
         let h = match self.delivered_writes.remove(&itt) {
             Some(h) => Some(h),
             None => {
@@ -697,7 +721,10 @@ impl Conn {
     /// Forgets data transfers of aborted tasks.
     pub fn drop_transfers(&mut self, itts: &[u32]) {
         for itt in itts {
-            self.writes.remove(itt);
+            if let Some(x) = self.writes.remove(itt) {
+                // Starved transfers get their R2Ts at the next release.
+                self.r2t_budget += x.solicited();
+            }
             self.delivered_writes.remove(itt);
         }
         // Keep the CmdSN slot so the window still moves past it.

@@ -62,6 +62,8 @@ pub struct WriteXfer {
     /// Store at most this many bytes; the rest is drained and dropped (EDTL
     /// larger than any command may use).
     keep: u32,
+    /// Bytes asked for by R2T so far, returned to the budget at the end.
+    solicited: u64,
 }
 
 impl WriteXfer {
@@ -99,11 +101,22 @@ impl WriteXfer {
             next_r2t_offset: imm,
             r2tsn: 0,
             keep,
+            solicited: 0,
         }
     }
 
     pub fn complete(&self) -> bool {
         self.received >= self.edtl
+    }
+
+    /// Bytes this transfer took from the connection's R2T budget.
+    pub fn solicited(&self) -> u64 {
+        self.solicited
+    }
+
+    /// Waiting for an R2T that the budget held back.
+    pub fn starved(&self) -> bool {
+        !self.unsol_open && self.bursts.is_empty() && !self.complete()
     }
 
     /// The data gathered so far (all of it once `complete`).
@@ -112,9 +125,12 @@ impl WriteXfer {
     }
 
     /// New R2Ts to send now. `next_ttt` allocates transfer tags.
+    /// `budget` is what the connection may still solicit; it shrinks by
+    /// every R2T issued, and nothing is solicited beyond it.
     pub fn solicit(
         &mut self,
         lim: &XferLimits,
+        budget: &mut u64,
         mut next_ttt: impl FnMut() -> u32,
     ) -> Vec<pdu::R2t> {
         let mut out = Vec::new();
@@ -128,6 +144,11 @@ impl WriteXfer {
             && (self.bursts.len() as u32) < lim.max_outstanding_r2t.max(1)
         {
             let len = (self.edtl - self.next_r2t_offset).min(lim.max_burst.max(512));
+            if len as u64 > *budget {
+                break;
+            }
+            *budget -= len as u64;
+            self.solicited += len as u64;
             let ttt = next_ttt();
             out.push(pdu::R2t {
                 lun: self.lun,
@@ -241,13 +262,16 @@ mod tests {
         let imm = Bytes::from(vec![1u8; 4096]);
         let mut x = WriteXfer::new(1, 0, 40960, &imm, false, &LIM, 1 << 20);
         let mut t = 100;
-        assert!(x.solicit(&LIM, || 0).is_empty(), "wait for unsolicited end");
+        assert!(
+            x.solicit(&LIM, &mut u64::MAX.clone(), || 0).is_empty(),
+            "wait for unsolicited end"
+        );
         x.accept(
             &dout(RESERVED_TAG, 0, 4096, true),
             &Bytes::from(vec![2u8; 4096]),
         )
         .unwrap();
-        let r2ts = x.solicit(&LIM, || {
+        let r2ts = x.solicit(&LIM, &mut u64::MAX.clone(), || {
             t += 1;
             t
         });
@@ -280,7 +304,7 @@ mod tests {
             ),
             Err(XferError::Unsolicited)
         );
-        let r = x.solicit(&LIM, || 7);
+        let r = x.solicit(&LIM, &mut u64::MAX.clone(), || 7);
         assert_eq!(r.len(), 1);
         assert_eq!(
             x.accept(&dout(8, 0, 0, true), &Bytes::from(vec![0u8; 512])),
@@ -297,9 +321,37 @@ mod tests {
     }
 
     #[test]
+    fn budget_holds_back_r2ts_until_returned() {
+        let lim = XferLimits {
+            max_outstanding_r2t: 4,
+            ..LIM
+        };
+        let mut x = WriteXfer::new(1, 0, 65536, &Bytes::new(), true, &lim, 1 << 20);
+        let mut budget = 20000u64;
+        let mut t = 0;
+        let r = x.solicit(&lim, &mut budget, || {
+            t += 1;
+            t
+        });
+        assert_eq!(r.len(), 1, "one 16 KiB burst fits the budget, two do not");
+        assert_eq!(budget, 20000 - 16384);
+        assert_eq!(x.solicited(), 16384);
+        x.accept(&dout(1, 0, 0, true), &Bytes::from(vec![0u8; 16384]))
+            .unwrap();
+        assert!(x.starved());
+        budget += 65536;
+        let r = x.solicit(&lim, &mut budget, || {
+            t += 1;
+            t
+        });
+        assert_eq!(r.len(), 3);
+        assert!(!x.starved());
+    }
+
+    #[test]
     fn excess_is_drained_not_kept() {
         let mut x = WriteXfer::new(1, 0, 4096, &Bytes::from(vec![1u8; 1024]), true, &LIM, 2048);
-        let r = x.solicit(&LIM, || 9);
+        let r = x.solicit(&LIM, &mut u64::MAX.clone(), || 9);
         assert_eq!((r[0].offset, r[0].length), (1024, 3072));
         x.accept(&dout(9, 0, 1024, true), &Bytes::from(vec![2u8; 3072]))
             .unwrap();

@@ -11,6 +11,8 @@ use crate::scsi;
 pub async fn handle(conn: &mut Conn, p: &Pdu) {
     let req = pdu::TaskMgmtRequest::parse(&p.bhs);
     let response = run(conn, &req).await;
+    // Aborted transfers gave their R2T budget back: feed any starved ones.
+    conn.release_budget(0).await;
     let rsp = pdu::TaskMgmtResponse {
         response,
         itt: req.itt,
