@@ -239,10 +239,19 @@ impl Pdu {
     /// Appends the wire form to `out`. DataSegmentLength and TotalAHSLength
     /// are taken from the segments.
     pub fn encode(&self, out: &mut BytesMut, digests: Digests) {
+        out.reserve(self.wire_len(digests));
+        self.encode_header(out, digests);
+        out.put_slice(&self.data);
+        self.encode_trailer(out, digests);
+    }
+
+    /// The wire form up to the data segment: BHS, AHS and header digest.
+    /// With [`Pdu::encode_trailer`] around `self.data`, this lets a sender
+    /// pass large data segments to a vectored write instead of copying them.
+    pub fn encode_header(&self, out: &mut BytesMut, digests: Digests) {
         let mut bhs = self.bhs;
         bhs.set_data_segment_len(self.data.len() as u32);
         bhs.set_total_ahs_len(self.ahs.len());
-        out.reserve(self.wire_len(digests));
         let start = out.len();
         out.put_slice(&bhs.0);
         out.put_slice(&self.ahs);
@@ -250,13 +259,15 @@ impl Pdu {
             let crc = crc32c(&out[start..]);
             out.put_u32_le(crc);
         }
+    }
+
+    /// What follows the data segment: padding and data digest.
+    pub fn encode_trailer(&self, out: &mut BytesMut, digests: Digests) {
         if !self.data.is_empty() {
-            out.put_slice(&self.data);
             let pad = padded(self.data.len()) - self.data.len();
             out.put_bytes(0, pad);
             if digests.data {
-                let crc = data_digest(&self.data);
-                out.put_u32_le(crc);
+                out.put_u32_le(data_digest(&self.data));
             }
         }
     }

@@ -112,7 +112,9 @@ pub async fn run(
             }
             b.set_u32(28, exp);
             b.set_u32(32, window.report());
-            pdu.encode(buf, digests);
+            buf.put(|out| pdu.encode_header(out, digests));
+            buf.put_data(&pdu.data);
+            buf.put(|out| pdu.encode_trailer(out, digests));
             true
         }
         Out::Close => false,

@@ -187,7 +187,7 @@ type ReadError = crate::framing::ReadError<FrameError>;
 async fn writer(wr: OwnedWriteHalf, rx: mpsc::Receiver<Out>, digests: Digests) {
     crate::framing::write_batches(wr, rx, move |o, buf| match o {
         Out::Pdu(p) => {
-            tcp::encode(&p, digests, buf);
+            buf.put(|out| tcp::encode(&p, digests, out));
             true
         }
         Out::Close => false,
