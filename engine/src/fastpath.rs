@@ -9,11 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::Backend;
 use crate::error::EngineError;
-use crate::extent::StorageDesc;
+use crate::extent::{ExtentMap, Route, Target};
 use crate::fault::FaultReason;
-use crate::volume::{blocking, Volume};
+use crate::volume::{blocking, read_targets, write_targets, Volume};
 use crate::NexusId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +93,14 @@ pub struct Exposure {
 }
 
 /// An I/O admitted to the fast path. It holds the access state and map it was
-/// admitted under, so a restrictive change can wait for it to drain.
+/// admitted under, so a restrictive change can wait for it to drain, and
+/// the downstream I/Os the map resolved it to: one for a remap or a stripe
+/// unit, one per writable leg for a mirrored write.
 pub struct Admission {
     _access: Arc<AccessState>,
+    map: Arc<ExtentMap>,
     volume: Arc<Volume>,
-    backend: Arc<dyn Backend>,
-    offset: u64,
+    targets: Vec<Target>,
     bytes: usize,
     lba: u64,
     blocks: u64,
@@ -152,7 +153,7 @@ impl Exposure {
         if blocks == 0 || vol.check_range(lba, blocks).is_err() {
             return Err(FaultReason::OutOfRange);
         }
-        let map = vol.map_guard();
+        let map = vol.map();
         let (ext, red) = map.lookup(lba).ok_or(FaultReason::NoMapping)?;
         if lba + blocks > ext.end() {
             return Err(FaultReason::CrossesBoundary);
@@ -162,18 +163,33 @@ impl Exposure {
             IoKind::Write if red.fault_on_write => return Err(FaultReason::FaultOnWrite),
             _ => {}
         }
+        let pos = ext.pos(lba);
+        // One downstream I/O per leg: a stripe-unit crossing goes to the
+        // control path, which splits it (see README, "Stripe crossings").
+        if !red.desc.within_unit(pos, blocks) {
+            return Err(FaultReason::CrossesBoundary);
+        }
+        let route = match kind {
+            IoKind::Read => Route::Read(vol.next_read_pick()),
+            IoKind::Write => Route::Write,
+        };
         let bs = vol.block_size() as u64;
-        let StorageDesc::Remap { backend, offset } = &red.desc;
-        let backend = vol
-            .backends()
-            .get(*backend)
-            .ok_or(FaultReason::NoMapping)?
-            .clone();
+        let mut targets = Vec::with_capacity(2);
+        if !red
+            .desc
+            .resolve(pos, blocks, 0, bs, route, None, &mut targets)
+        {
+            return Err(FaultReason::NoMapping);
+        }
+        if targets.iter().any(|t| t.backend >= vol.backends().len()) {
+            return Err(FaultReason::NoMapping);
+        }
+        drop(map);
         Ok(Admission {
             _access: access,
+            map: vol.map(),
             volume: vol.clone(),
-            backend,
-            offset: offset + (lba - ext.start) * bs,
+            targets,
             bytes: (blocks * bs) as usize,
             lba,
             blocks,
@@ -203,9 +219,10 @@ impl Admission {
     }
 
     pub async fn read(self) -> Result<Bytes, EngineError> {
+        let bs = self.volume.block_size() as u64;
         let r = blocking(move || {
             let mut buf = BytesMut::zeroed(self.bytes);
-            self.backend.read_at(self.offset, &mut buf)?;
+            read_targets(self.volume.backends(), &self.targets, &mut buf, bs)?;
             self.volume.counters.fast_path_hit();
             Ok(buf)
         })
@@ -220,16 +237,34 @@ impl Admission {
                 expected: self.bytes,
             });
         }
-        // Waits only while an atomic command holds an overlapping range;
-        // otherwise an atomic counter.
-        let guard = self.volume.locks().write(self.lba, self.blocks).await;
-        blocking(move || {
-            let _guard = guard;
-            self.backend.write_at(self.offset, &data, fua)?;
-            self.volume.counters.fast_path_hit();
-            Ok(())
+        // Unmirrored: waits only while an atomic command holds an
+        // overlapping range, otherwise an atomic counter. Mirrored: exclusive
+        // over the range, so overlapping writes reach every leg in one order.
+        let guard = self.volume.write_lock(self.lba, self.blocks).await;
+        let Admission {
+            map,
+            volume,
+            targets,
+            lba,
+            blocks,
+            ..
+        } = self;
+        let vol = volume.clone();
+        let bs = vol.block_size() as u64;
+        let failures = blocking(move || {
+            let f = write_targets(vol.backends(), &targets, &data, fua, bs);
+            if f.is_empty() {
+                vol.counters.fast_path_hit();
+            }
+            Ok(f)
         })
-        .await
+        .await?;
+        // Drop the map before the control path runs: it may wait for
+        // holders of older maps to drain.
+        drop(map);
+        let r = volume.complete_write(lba, blocks, failures).await;
+        drop(guard);
+        r
     }
 }
 

@@ -1,16 +1,26 @@
 //! Volumes: a block address space executed from an extent map.
+//!
+//! The control-path entry points here (`read`, `write`, `discard`, ...)
+//! accept any range and split it across extents, stripe units and mirror
+//! legs. They are also the fault handlers: a fast-path fault re-issues the
+//! I/O here, where fault-on-write stamps the age list and a failed mirror
+//! leg is marked dead before the host sees status.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::Backend;
 use crate::error::EngineError;
-use crate::extent::{ExtentMap, StorageDesc};
+use crate::extent::{ExtentMap, LegState, Route, StorageDesc, Target};
 use crate::fault::FaultCounters;
 use crate::journal::Journal;
+use crate::layout::{Compiled, Layout};
+use crate::mirror::{MirrorMeta, ResyncStatus};
 use crate::rangelock::{RangeGuard, RangeLocks};
 
 #[derive(Debug)]
@@ -18,42 +28,179 @@ pub struct Volume {
     name: String,
     block_size: u32,
     nblocks: AtomicU64,
-    backends: Vec<Arc<dyn Backend>>,
+    backends: Arc<[Arc<dyn Backend>]>,
     map: ArcSwap<ExtentMap>,
     pub counters: FaultCounters,
     /// Every write holds its range here; atomic commands hold it exclusively.
     locks: Arc<RangeLocks>,
     /// Write-ahead journal for atomic writes, when the volume has one.
     journal: Arc<parking_lot::Mutex<Option<Journal>>>,
+    /// Some leg is mirrored: writes are serialized per range (see `write`).
+    mirrored: bool,
+    /// One backend remapped 1:1 (the only shape that can grow).
+    plain: bool,
+    /// Unit of fault-on-write, age stamps and resync copies.
+    region_blocks: u64,
+    /// Round-robin cursor for mirror reads.
+    rr: AtomicU64,
+    /// Copy of `meta.generation` readable without the lock.
+    generation: AtomicU64,
+    /// Durable mirror state; changed only by the control path under `cp`.
+    meta: parking_lot::Mutex<MirrorMeta>,
+    meta_path: Option<PathBuf>,
+    /// Serializes control-path metadata changes.
+    cp: tokio::sync::Mutex<()>,
+    resync: parking_lot::Mutex<ResyncRun>,
+    /// Bytes resyncs have copied since open (tests and metrics).
+    resync_copied: AtomicU64,
 }
 
-/// One piece of an I/O resolved through the map.
-struct Piece {
-    backend: Arc<dyn Backend>,
-    offset: u64,
-    bytes: usize,
+#[derive(Debug, Default)]
+struct ResyncRun {
+    leg: Option<usize>,
+    active: bool,
+    done: u64,
+    total: u64,
+    started: Option<Instant>,
+    elapsed: Duration,
+}
+
+/// Leg states and generation, for metrics and admin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorStatus {
+    pub generation: u64,
+    pub legs: Vec<(usize, LegState)>,
+    /// Regions written while degraded (what a resync would copy).
+    pub stale_regions: usize,
+    pub region_blocks: u64,
+    pub resync: ResyncStatus,
+}
+
+fn invalid(msg: &str) -> EngineError {
+    EngineError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        msg.to_string(),
+    ))
 }
 
 impl Volume {
     /// A volume that is one backend, remapped 1:1.
     pub fn simple(name: &str, backend: Arc<dyn Backend>, block_size: u32) -> Arc<Self> {
-        let nblocks = backend.len() / block_size as u64;
-        Arc::new(Self {
-            name: name.to_string(),
-            block_size,
-            nblocks: AtomicU64::new(nblocks),
-            map: ArcSwap::from_pointee(ExtentMap::single(
+        let nblocks = backend.len() / block_size.max(1) as u64;
+        let compiled = Compiled {
+            map: ExtentMap::single(
                 nblocks,
                 StorageDesc::Remap {
                     backend: 0,
                     offset: 0,
                 },
-            )),
-            backends: vec![backend],
+            ),
+            nblocks,
+            region_blocks: nblocks.max(1),
+            mirrored: false,
+        };
+        Arc::new(Self::build(
+            name,
+            vec![backend],
+            compiled,
+            block_size,
+            MirrorMeta::default(),
+            None,
+        ))
+    }
+
+    /// A volume composed from `backends` by `layout`. With `meta_path`, the
+    /// mirror state (leg states, generation, age list) is kept there and
+    /// reloaded: a leg that was dead stays dead until re-attached.
+    pub fn with_layout(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        layout: &Layout,
+        block_size: u32,
+        meta_path: Option<&Path>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let mut compiled = layout.compile(&backends, block_size)?;
+        let loaded = match meta_path {
+            Some(p) if compiled.mirrored => MirrorMeta::load(p)?,
+            _ => None,
+        };
+        let mut meta = MirrorMeta::default();
+        for (id, _) in compiled.map.legs() {
+            meta.legs.insert(id, (LegState::Up, 0));
+        }
+        if let Some(m) = loaded {
+            meta.generation = m.generation;
+            meta.ages = m.ages;
+            for (id, (st, g)) in m.legs {
+                if let Some(e) = meta.legs.get_mut(&id) {
+                    // A resync does not survive a restart: the leg goes back
+                    // to dead and is copied again when re-attached.
+                    let st = if st == LegState::Resync {
+                        LegState::Dead
+                    } else {
+                        st
+                    };
+                    *e = (st, g);
+                    compiled.map = compiled.map.with_leg_state(id, st);
+                }
+            }
+            if meta.legs.values().any(|l| l.0 != LegState::Up) {
+                let region = compiled.region_blocks;
+                let gen = meta.generation;
+                let ages = meta.ages.clone();
+                compiled.map = compiled.map.with_fow(true, |_, e| {
+                    ages.get(&(e.start / region)).copied() != Some(gen)
+                });
+            }
+        }
+        if let (Some(p), true) = (meta_path, compiled.mirrored) {
+            meta.save(p)?;
+        }
+        let v = Self::build(
+            name,
+            backends,
+            compiled,
+            block_size,
+            meta,
+            meta_path.map(Path::to_path_buf),
+        );
+        Ok(Arc::new(v))
+    }
+
+    fn build(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        c: Compiled,
+        block_size: u32,
+        meta: MirrorMeta,
+        meta_path: Option<PathBuf>,
+    ) -> Self {
+        let plain = backends.len() == 1
+            && c.map.extents().len() == 1
+            && matches!(
+                c.map.redirects().first().map(|r| &r.desc),
+                Some(StorageDesc::Remap { offset: 0, .. })
+            );
+        Self {
+            name: name.to_string(),
+            block_size,
+            nblocks: AtomicU64::new(c.nblocks),
+            backends: backends.into(),
+            map: ArcSwap::from_pointee(c.map),
             counters: FaultCounters::default(),
             locks: RangeLocks::new(),
             journal: Arc::new(parking_lot::Mutex::new(None)),
-        })
+            mirrored: c.mirrored,
+            plain,
+            region_blocks: c.region_blocks,
+            rr: AtomicU64::new(0),
+            generation: AtomicU64::new(meta.generation),
+            meta: parking_lot::Mutex::new(meta),
+            meta_path,
+            cp: tokio::sync::Mutex::new(()),
+            resync: parking_lot::Mutex::new(ResyncRun::default()),
+            resync_copied: AtomicU64::new(0),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -76,8 +223,20 @@ impl Volume {
         self.map.load_full()
     }
 
-    pub(crate) fn map_guard(&self) -> arc_swap::Guard<Arc<ExtentMap>> {
-        self.map.load()
+    pub fn is_mirrored(&self) -> bool {
+        self.mirrored
+    }
+
+    pub fn region_blocks(&self) -> u64 {
+        self.region_blocks
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_read_pick(&self) -> u64 {
+        self.rr.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A stable 64-bit identity derived from the volume's name, used for
@@ -104,9 +263,17 @@ impl Volume {
         }
     }
 
-    fn resolve(&self, lba: u64, blocks: u64) -> Result<Vec<Piece>, EngineError> {
+    /// Resolves a range through the current map into downstream targets.
+    /// The map is returned so the caller holds it until the I/O is done: a
+    /// restrictive map change waits for such holders to drain.
+    pub(crate) fn resolve(
+        &self,
+        lba: u64,
+        blocks: u64,
+        route: Route,
+    ) -> Result<(Arc<ExtentMap>, Vec<Target>), EngineError> {
         self.check_range(lba, blocks)?;
-        let map = self.map.load();
+        let map = self.map.load_full();
         let bs = self.block_size as u64;
         let mut out = Vec::new();
         let mut cur = lba;
@@ -114,35 +281,29 @@ impl Volume {
         while cur < end {
             let (ext, red) = map.lookup(cur).ok_or(EngineError::Unmapped(cur))?;
             let n = ext.end().min(end) - cur;
-            match &red.desc {
-                StorageDesc::Remap { backend, offset } => {
-                    let b = self
-                        .backends
-                        .get(*backend)
-                        .ok_or(EngineError::Unmapped(cur))?;
-                    out.push(Piece {
-                        backend: b.clone(),
-                        offset: offset + (cur - ext.start) * bs,
-                        bytes: (n * bs) as usize,
-                    });
-                }
+            if !red
+                .desc
+                .resolve(ext.pos(cur), n, cur - lba, bs, route, None, &mut out)
+            {
+                return Err(EngineError::Io(std::io::Error::other(
+                    "no live mirror leg for this range",
+                )));
             }
             cur += n;
         }
-        Ok(out)
+        Ok((map, out))
     }
 
     /// Control-path read: any range inside the volume, across extents.
     pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes, EngineError> {
-        let pieces = self.resolve(lba, blocks)?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
         let total = (blocks * self.block_size as u64) as usize;
+        let backends = self.backends.clone();
+        let bs = self.block_size as u64;
         let buf = blocking(move || {
+            let _map = map;
             let mut buf = BytesMut::zeroed(total);
-            let mut at = 0usize;
-            for p in pieces {
-                p.backend.read_at(p.offset, &mut buf[at..at + p.bytes])?;
-                at += p.bytes;
-            }
+            read_targets(&backends, &targets, &mut buf, bs)?;
             Ok(buf)
         })
         .await?;
@@ -154,6 +315,20 @@ impl Volume {
         &self.locks
     }
 
+    /// The lock a plain write takes. On a mirrored volume it is exclusive
+    /// over the range: two overlapping writes could otherwise reach the legs
+    /// in different orders (A then B on one leg, B then A on the other) and
+    /// leave them different forever. Exclusive range locks order overlapping
+    /// writes identically on every leg; disjoint writes still run in
+    /// parallel. Unmirrored volumes only need the shared lock.
+    pub(crate) async fn write_lock(&self, lba: u64, blocks: u64) -> RangeGuard {
+        if self.mirrored {
+            self.locks.exclusive(lba, blocks).await
+        } else {
+            self.locks.write(lba, blocks).await
+        }
+    }
+
     /// Locks `blocks` at `lba` exclusively: overlapping writes wait until the
     /// guard is dropped. Use [`Volume::write_locked`] to write under it.
     pub async fn lock_exclusive(&self, lba: u64, blocks: u64) -> RangeGuard {
@@ -163,7 +338,7 @@ impl Volume {
     /// Control-path write: any range inside the volume, across extents.
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
         let blocks = data.len() as u64 / self.block_size as u64;
-        let _g = self.locks.write(lba, blocks).await;
+        let _g = self.write_lock(lba, blocks).await;
         self.write_unlocked(lba, data, fua).await
     }
 
@@ -183,7 +358,6 @@ impl Volume {
         }
         self.write_unlocked(lba, data, fua).await
     }
-
     /// A write no other write can tear, not even a crash: journaled first
     /// when the volume has a journal, and exclusive against other writes.
     pub async fn write_atomic(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
@@ -263,18 +437,21 @@ impl Volume {
         lba: u64,
         blocks: u64,
     ) -> Result<Vec<(u64, u64, bool)>, EngineError> {
-        let pieces = self.resolve(lba, blocks)?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
         let bs = self.block_size as u64;
+        let backends = self.backends.clone();
         blocking(move || {
+            let _map = map;
             let mut out: Vec<(u64, u64, bool)> = Vec::new();
-            let mut at = lba;
-            for p in pieces {
-                for (r, mapped) in p.backend.allocated(p.offset, p.bytes as u64)? {
-                    let s = at + (r.start - p.offset) / bs;
-                    let e = at + (r.end - p.offset).div_ceil(bs);
+            for t in targets {
+                let b = backend_of(&backends, &t)?;
+                let len = t.blocks * bs;
+                let at = lba + t.buf_block;
+                for (r, mapped) in b.allocated(t.offset, len)? {
+                    let s = at + (r.start - t.offset) / bs;
+                    let e = at + (r.end - t.offset).div_ceil(bs);
                     push_run(&mut out, s, e, mapped);
                 }
-                at += p.bytes as u64 / bs;
             }
             Ok(out)
         })
@@ -289,23 +466,272 @@ impl Volume {
                 expected: (data.len() as u64 / bs * bs) as usize,
             });
         }
-        let pieces = self.resolve(lba, data.len() as u64 / bs)?;
-        blocking(move || {
-            let mut at = 0usize;
-            for p in pieces {
-                p.backend.write_at(p.offset, &data[at..at + p.bytes], fua)?;
-                at += p.bytes;
-            }
-            Ok(())
+        let blocks = data.len() as u64 / bs;
+        self.check_range(lba, blocks)?;
+        self.stamp_if_fow(lba, blocks).await?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
+        let backends = self.backends.clone();
+        let failures = blocking(move || {
+            let _map = map;
+            Ok(write_targets(&backends, &targets, &data, fua, bs))
         })
-        .await
+        .await?;
+        self.complete_write(lba, blocks, failures).await
     }
 
-    /// Makes every completed write durable.
-    pub async fn flush(&self) -> Result<(), EngineError> {
+    /// Correlates the status of a write's downstream I/Os: it succeeds when
+    /// every piece reached at least one live leg. Legs that failed are marked
+    /// dead (durably) before this returns, so the host never sees success
+    /// for data only a leg about to be forgotten holds.
+    pub(crate) async fn complete_write(
+        &self,
+        lba: u64,
+        blocks: u64,
+        failures: Vec<(Target, std::io::Error)>,
+    ) -> Result<(), EngineError> {
+        let Some(first) = failures.first() else {
+            return Ok(());
+        };
+        let mut legs = Vec::new();
+        for (t, e) in &failures {
+            match t.leg {
+                Some(l) => legs.push(l),
+                // Not mirrored: nothing else holds the data.
+                None => {
+                    return Err(EngineError::Io(std::io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    )))
+                }
+            }
+        }
+        tracing::warn!(volume = %self.name, legs = ?legs, error = %first.1, "mirror leg write failed");
+        self.fail_legs(&legs, Some((lba, blocks))).await
+    }
+
+    /// Marks legs dead: bumps the generation, sets fault-on-write on every
+    /// mirrored extent (so the first write to each afterwards stamps its
+    /// age), and records it durably. With `written`, the regions of the
+    /// write that found the failure are stamped too: the survivors hold
+    /// data the dead leg lacks. Refuses to kill a mirror's last Up leg.
+    pub async fn fail_legs(
+        &self,
+        legs: &[usize],
+        written: Option<(u64, u64)>,
+    ) -> Result<(), EngineError> {
+        let _cp = self.cp.lock().await;
+        let mut map = (*self.map.load_full()).clone();
+        let known = map.legs();
+        let mut meta = self.meta.lock().clone();
+        let mut newly_dead = false;
+        for &id in legs {
+            let Some(&(_, st)) = known.iter().find(|l| l.0 == id) else {
+                return Err(invalid("no such mirror leg"));
+            };
+            if st == LegState::Dead {
+                // False alarm: someone already handled this leg.
+                continue;
+            }
+            if !map.can_lose(id) {
+                return Err(EngineError::Io(std::io::Error::other(format!(
+                    "leg {id} is its mirror's last live leg"
+                ))));
+            }
+            map = map.with_leg_state(id, LegState::Dead);
+            if let Some(e) = meta.legs.get_mut(&id) {
+                e.0 = LegState::Dead;
+            }
+            newly_dead = true;
+        }
+        if newly_dead {
+            meta.generation += 1;
+            map = map.with_fow(true, |_, _| true);
+        }
+        if let Some((lba, blocks)) = written {
+            let gen = meta.generation;
+            for r in self.regions(lba, blocks) {
+                meta.ages.insert(r, gen);
+            }
+            map = map.with_fow(false, |_, e| overlaps(e.start, e.len, lba, blocks));
+        }
+        self.persist(&meta).await?;
+        self.generation.store(meta.generation, Ordering::Release);
+        *self.meta.lock() = meta;
+        self.map.store(Arc::new(map));
+        Ok(())
+    }
+
+    /// Volume regions `lba..lba+blocks` touches.
+    fn regions(&self, lba: u64, blocks: u64) -> std::ops::RangeInclusive<u64> {
+        let r = self.region_blocks;
+        lba / r..=(lba + blocks.max(1) - 1) / r
+    }
+
+    async fn persist(&self, meta: &MirrorMeta) -> Result<(), EngineError> {
+        let Some(p) = self.meta_path.clone() else {
+            return Ok(());
+        };
+        let m = meta.clone();
+        blocking(move || Ok(m.save(&p)?)).await
+    }
+
+    /// The fault-on-write handler: the first write to a region after a leg
+    /// died stamps the region's age with the current generation (durably)
+    /// and clears the flag, so later writes stay on the fast path.
+    async fn stamp_if_fow(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
+        let has_fow = |m: &ExtentMap| {
+            let mut cur = lba;
+            while cur < lba + blocks {
+                match m.lookup(cur) {
+                    Some((e, r)) => {
+                        if r.fault_on_write {
+                            return true;
+                        }
+                        cur = e.end();
+                    }
+                    None => return false,
+                }
+            }
+            false
+        };
+        if !self.mirrored || !has_fow(&self.map.load()) {
+            return Ok(());
+        }
+        let _cp = self.cp.lock().await;
+        let map = self.map.load_full();
+        if !has_fow(&map) {
+            return Ok(());
+        }
+        let mut meta = self.meta.lock().clone();
+        let gen = meta.generation;
+        for r in self.regions(lba, blocks) {
+            meta.ages.insert(r, gen);
+        }
+        let next = map.with_fow(false, |_, e| overlaps(e.start, e.len, lba, blocks));
+        self.persist(&meta).await?;
+        *self.meta.lock() = meta;
+        // Less restrictive: no need to wait for older I/Os.
+        self.map.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Publishes a more restrictive map and waits until every I/O resolved
+    /// through an older one has finished.
+    async fn publish_and_drain(&self, next: ExtentMap) {
+        let old = self.map.swap(Arc::new(next));
+        while Arc::strong_count(&old) > 1 {
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+    }
+
+    /// Re-attaches a dead leg and resynchronises it: the leg takes writes at
+    /// once but serves no reads until every region written since it was
+    /// last in sync has been copied to it from a live leg. Returns the
+    /// bytes copied.
+    pub async fn attach_leg(&self, id: usize) -> Result<u64, EngineError> {
+        let (since, list) = {
+            let _cp = self.cp.lock().await;
+            let map = self.map.load_full();
+            match map.legs().iter().find(|l| l.0 == id) {
+                Some((_, LegState::Dead)) => {}
+                Some(_) => return Err(invalid("leg is not dead")),
+                None => return Err(invalid("no such mirror leg")),
+            }
+            let mut meta = self.meta.lock().clone();
+            let since = meta.legs.get(&id).map(|l| l.1).unwrap_or(0);
+            if let Some(e) = meta.legs.get_mut(&id) {
+                e.0 = LegState::Resync;
+            }
+            self.persist(&meta).await?;
+            let list: Vec<u64> = meta
+                .ages
+                .iter()
+                .filter(|(_, g)| **g > since)
+                .map(|(r, _)| *r)
+                .collect();
+            *self.meta.lock() = meta;
+            // Writes resolved before this could skip the leg; wait them out
+            // so every write from here on reaches it.
+            self.publish_and_drain(map.with_leg_state(id, LegState::Resync))
+                .await;
+            (since, list)
+        };
+        let bs = self.block_size as u64;
+        let nb = self.num_blocks();
+        let ranges: Vec<(u64, u64)> = list
+            .iter()
+            .map(|r| r * self.region_blocks)
+            .filter(|s| *s < nb)
+            .map(|s| (s, self.region_blocks.min(nb - s)))
+            .collect();
+        {
+            let mut p = self.resync.lock();
+            *p = ResyncRun {
+                leg: Some(id),
+                active: true,
+                done: 0,
+                total: ranges.iter().map(|r| r.1 * bs).sum(),
+                started: Some(Instant::now()),
+                elapsed: Duration::ZERO,
+            };
+        }
+        tracing::info!(volume = %self.name, leg = id, since, regions = ranges.len(), "resync started");
+        let r = self.copy_regions(id, &ranges).await;
+        let copied = {
+            let mut p = self.resync.lock();
+            p.active = false;
+            p.elapsed = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            p.done
+        };
+        if let Err(e) = r {
+            // The leg failed again (or the source did): back to dead.
+            let _ = self.fail_legs(&[id], None).await;
+            return Err(e);
+        }
+        let _cp = self.cp.lock().await;
+        let mut map = self.map.load_full().with_leg_state(id, LegState::Up);
+        let mut meta = self.meta.lock().clone();
+        let gen = meta.generation;
+        if let Some(e) = meta.legs.get_mut(&id) {
+            *e = (LegState::Up, gen);
+        }
+        if meta.legs.values().all(|l| l.0 == LegState::Up) {
+            meta.ages.clear();
+            map = map.with_fow(false, |_, _| true);
+        }
+        self.persist(&meta).await?;
+        *self.meta.lock() = meta;
+        self.map.store(Arc::new(map));
+        tracing::info!(volume = %self.name, leg = id, copied, "resync done");
+        Ok(copied)
+    }
+
+    async fn copy_regions(&self, id: usize, ranges: &[(u64, u64)]) -> Result<(), EngineError> {
+        let bs = self.block_size as u64;
+        for &(s, n) in ranges {
+            // Exclusive: no host write to the region can interleave with the
+            // copy and be overwritten by older data.
+            let _g = self.locks.exclusive(s, n).await;
+            let (m1, src) = self.resolve(s, n, Route::Read(self.next_read_pick()))?;
+            let (m2, dst) = self.resolve(s, n, Route::Leg(id))?;
+            let backends = self.backends.clone();
+            let failures = blocking(move || {
+                let _maps = (m1, m2);
+                let mut buf = vec![0u8; (n * bs) as usize];
+                read_targets(&backends, &src, &mut buf, bs)?;
+                Ok(write_targets(&backends, &dst, &buf, false, bs))
+            })
+            .await?;
+            if let Some((_, e)) = failures.into_iter().next() {
+                return Err(EngineError::Io(e));
+            }
+            self.resync.lock().done += n * bs;
+            self.resync_copied.fetch_add(n * bs, Ordering::Relaxed);
+        }
+        // The copies must be durable before the leg is declared in sync.
         let backends = self.backends.clone();
         blocking(move || {
-            for b in backends {
+            for b in backends.iter() {
                 b.flush()?;
             }
             Ok(())
@@ -313,25 +739,116 @@ impl Volume {
         .await
     }
 
-    /// Deallocates blocks; they read back as zeros.
-    pub async fn discard(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
-        let _g = self.locks.write(lba, blocks).await;
-        let pieces = self.resolve(lba, blocks)?;
+    /// Bytes resyncs have copied since the volume was opened.
+    pub fn resync_copied_bytes(&self) -> u64 {
+        self.resync_copied.load(Ordering::Relaxed)
+    }
+
+    pub fn mirror_status(&self) -> MirrorStatus {
+        let meta = self.meta.lock().clone();
+        let p = self.resync.lock();
+        let elapsed = if p.active {
+            p.started.map(|s| s.elapsed()).unwrap_or_default()
+        } else {
+            p.elapsed
+        };
+        let rate = if elapsed.as_secs_f64() > 0.0 {
+            p.done as f64 / elapsed.as_secs_f64()
+        } else {
+            0.0
+        };
+        let eta = (rate > 0.0).then(|| (p.total - p.done.min(p.total)) as f64 / rate);
+        let since: u64 = meta.legs.values().map(|l| l.1).min().unwrap_or(0);
+        MirrorStatus {
+            generation: meta.generation,
+            legs: self.map.load().legs(),
+            stale_regions: meta.ages.values().filter(|g| **g > since).count(),
+            region_blocks: self.region_blocks,
+            resync: ResyncStatus {
+                leg: p.leg,
+                active: p.active,
+                done_bytes: p.done,
+                total_bytes: p.total,
+                rate_bps: rate,
+                eta_secs: eta,
+            },
+        }
+    }
+
+    /// A human-readable description of the extent map.
+    pub fn describe_layout(&self) -> String {
+        let map = self.map.load();
+        let mut s = format!(
+            "volume {} blocks={} bs={} region={} generation={}\n",
+            self.name,
+            self.num_blocks(),
+            self.block_size,
+            self.region_blocks,
+            self.generation()
+        );
+        let mut last = None;
+        for e in map.extents() {
+            // Runs of region pieces sharing an entry print once.
+            if last == Some(e.redirect) {
+                continue;
+            }
+            last = Some(e.redirect);
+            if let Some(r) = map.redirect(e.redirect) {
+                s.push_str(&format!(
+                    "  extent @{} -> [{}]{}{}\n",
+                    e.start,
+                    describe_desc(&r.desc, &self.backends),
+                    if r.fault_on_write { " FoW" } else { "" },
+                    if r.fault_on_read { " FoR" } else { "" },
+                ));
+            }
+        }
+        s
+    }
+
+    /// Makes every completed write durable.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        let backends = self.backends.clone();
         blocking(move || {
-            for p in pieces {
-                p.backend.discard(p.offset, p.bytes as u64)?;
+            for b in backends.iter() {
+                b.flush()?;
             }
             Ok(())
         })
         .await
     }
 
+    /// Deallocates blocks; they read back as zeros. On a mirror every live
+    /// leg is discarded, like a write of zeros.
+    pub async fn discard(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
+        self.check_range(lba, blocks)?;
+        let _g = self.write_lock(lba, blocks).await;
+        self.stamp_if_fow(lba, blocks).await?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
+        let backends = self.backends.clone();
+        let bs = self.block_size as u64;
+        let failures = blocking(move || {
+            let _map = map;
+            let mut failures = Vec::new();
+            for t in targets {
+                let r = backend_of(&backends, &t)
+                    .and_then(|b| b.discard(t.offset, t.blocks * bs).map_err(EngineError::Io));
+                if let Err(e) = r {
+                    failures.push((t, to_io(e)));
+                }
+            }
+            Ok(failures)
+        })
+        .await?;
+        self.complete_write(lba, blocks, failures).await
+    }
+
     /// Grows a single-backend volume to `nblocks`.
     pub async fn grow(&self, nblocks: u64) -> Result<(), EngineError> {
-        if nblocks <= self.num_blocks() || self.backends.len() != 1 {
+        if nblocks <= self.num_blocks() || !self.plain {
             return Err(EngineError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "volume can only grow, and only when it has one backend",
+                "volume can only grow, and only when it is one plain backend",
             )));
         }
         let b = self.backends[0].clone();
@@ -341,6 +858,105 @@ impl Volume {
         self.nblocks.store(nblocks, Ordering::Release);
         Ok(())
     }
+}
+
+fn overlaps(s1: u64, n1: u64, s2: u64, n2: u64) -> bool {
+    s1 < s2 + n2.max(1) && s2 < s1 + n1
+}
+
+fn to_io(e: EngineError) -> std::io::Error {
+    match e {
+        EngineError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+fn describe_desc(d: &StorageDesc, backends: &[Arc<dyn Backend>]) -> String {
+    match d {
+        StorageDesc::Remap { backend, offset } => {
+            let name = backends
+                .get(*backend)
+                .map(|b| b.describe())
+                .unwrap_or_else(|| "?".into());
+            if *offset == 0 {
+                name
+            } else {
+                format!("{name}+{offset}")
+            }
+        }
+        StorageDesc::Stripe { legs, unit_blocks } => format!(
+            "stripe unit={unit_blocks} ({})",
+            legs.iter()
+                .map(|l| describe_desc(l, backends))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        StorageDesc::Mirror { legs } => format!(
+            "mirror ({})",
+            legs.iter()
+                .map(|l| format!(
+                    "leg{} {}: {}",
+                    l.id,
+                    l.state.as_str(),
+                    describe_desc(&l.desc, backends)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub(crate) fn backend_of<'a>(
+    backends: &'a [Arc<dyn Backend>],
+    t: &Target,
+) -> Result<&'a Arc<dyn Backend>, EngineError> {
+    backends
+        .get(t.backend)
+        .ok_or(EngineError::Unmapped(t.buf_block))
+}
+
+/// Reads every target into its place in `buf`.
+pub(crate) fn read_targets(
+    backends: &[Arc<dyn Backend>],
+    targets: &[Target],
+    buf: &mut [u8],
+    bs: u64,
+) -> Result<(), EngineError> {
+    for t in targets {
+        let at = (t.buf_block * bs) as usize;
+        let len = (t.blocks * bs) as usize;
+        let dst = buf.get_mut(at..at + len).ok_or(EngineError::BadLength {
+            got: at + len,
+            expected: 0,
+        })?;
+        backend_of(backends, t)?.read_at(t.offset, dst)?;
+    }
+    Ok(())
+}
+
+/// Writes every target (mirror legs one after another) and returns the
+/// ones that failed; the caller correlates status.
+pub(crate) fn write_targets(
+    backends: &[Arc<dyn Backend>],
+    targets: &[Target],
+    data: &[u8],
+    fua: bool,
+    bs: u64,
+) -> Vec<(Target, std::io::Error)> {
+    let mut failures = Vec::new();
+    for t in targets {
+        let at = (t.buf_block * bs) as usize;
+        let len = (t.blocks * bs) as usize;
+        let r = match (backend_of(backends, t), data.get(at..at + len)) {
+            (Ok(b), Some(src)) => b.write_at(t.offset, src, fua),
+            (Err(e), _) => Err(to_io(e)),
+            (_, None) => Err(std::io::Error::other("write target outside the buffer")),
+        };
+        if let Err(e) = r {
+            failures.push((*t, e));
+        }
+    }
+    failures
 }
 
 /// Appends a block run, merging with the previous one and letting a mapped
