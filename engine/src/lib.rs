@@ -20,7 +20,7 @@ pub mod rangelock;
 pub mod reservation;
 pub mod volume;
 
-pub use backend::{Backend, FileBackend, MemBackend};
+pub use backend::{Backend, FaultyBackend, FileBackend, MemBackend};
 pub use control::{LuControl, Notice};
 pub use error::EngineError;
 pub use extent::LegState;

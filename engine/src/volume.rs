@@ -652,8 +652,9 @@ impl Volume {
             *self.meta.lock() = meta;
             // Writes resolved before this could skip the leg; wait them out
             // so every write from here on reaches it.
-            self.publish_and_drain(map.with_leg_state(id, LegState::Resync))
-                .await;
+            let next = map.with_leg_state(id, LegState::Resync);
+            drop(map);
+            self.publish_and_drain(next).await;
             (since, list)
         };
         let bs = self.block_size as u64;
