@@ -175,6 +175,7 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 path,
                 size: Some(size),
                 block_size: 512,
+                layout: None,
             });
         }
         Request::RemoveVolume { name } => {
