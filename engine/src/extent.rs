@@ -94,6 +94,8 @@ impl StorageDesc {
     /// Resolves `blocks` at `pos` into downstream targets, appending to
     /// `out`. `buf_block` is where the range starts in the caller's buffer.
     /// Returns false when a mirror has no usable leg for a read.
+    // Recursive walk state is passed flat: no allocation per level.
+    #[allow(clippy::too_many_arguments)]
     pub fn resolve(
         &self,
         pos: u64,
