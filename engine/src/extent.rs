@@ -442,6 +442,27 @@ impl ExtentMap {
         out
     }
 
+    /// The leg ids of each mirror, once per mirror.
+    pub fn mirror_groups(&self) -> Vec<Vec<usize>> {
+        fn walk(d: &StorageDesc, out: &mut Vec<Vec<usize>>) {
+            match d {
+                StorageDesc::Remap { .. } => {}
+                StorageDesc::Stripe { legs, .. } => legs.iter().for_each(|l| walk(l, out)),
+                StorageDesc::Mirror { legs } => {
+                    out.push(legs.iter().map(|l| l.id).collect());
+                    legs.iter().for_each(|l| walk(&l.desc, out));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for r in &self.redirects {
+            walk(&r.desc, &mut out);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn can_lose(&self, id: usize) -> bool {
         self.redirects
             .iter()

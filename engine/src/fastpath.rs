@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use crate::error::EngineError;
 use crate::extent::{ExtentMap, Route, Target};
 use crate::fault::FaultReason;
-use crate::volume::{blocking, read_targets, write_targets, Volume};
+use crate::volume::{blocking, read_targets, Volume};
 use crate::NexusId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,16 +249,17 @@ impl Admission {
             blocks,
             ..
         } = self;
+        let io = volume.host_io(&map, lba, blocks);
         let vol = volume.clone();
-        let bs = vol.block_size() as u64;
-        let failures = blocking(move || {
-            let f = write_targets(vol.backends(), &targets, &data, fua, bs);
+        let (failures, tag) = blocking(move || {
+            let (f, tag) = io.apply(&targets, Some(&data), fua);
             if f.is_empty() {
                 vol.counters.fast_path_hit();
             }
-            Ok(f)
+            Ok((f, tag))
         })
         .await?;
+        volume.finish_tag(tag);
         // Drop the map before the control path runs: it may wait for
         // holders of older maps to drain.
         drop(map);

@@ -18,6 +18,7 @@ pub mod layout;
 pub mod mirror;
 pub mod rangelock;
 pub mod reservation;
+pub mod tags;
 pub mod volume;
 
 pub use backend::{Backend, FaultyBackend, FileBackend, MemBackend};
@@ -30,7 +31,7 @@ pub use layout::Layout;
 pub use mirror::ResyncStatus;
 pub use rangelock::{RangeGuard, RangeLocks};
 pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
-pub use volume::{MirrorStatus, Volume};
+pub use volume::{MirrorStatus, ReconcileReport, Volume};
 
 /// Identity of an I_T nexus (or NVMe host/controller pair), assigned by the
 /// front end. The engine only compares these.

@@ -6,6 +6,7 @@
 //! I/O here, where fault-on-write stamps the age list and a failed mirror
 //! leg is marked dead before the host sees status.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::journal::Journal;
 use crate::layout::{Compiled, Layout};
 use crate::mirror::{MirrorMeta, ResyncStatus};
 use crate::rangelock::{RangeGuard, RangeLocks};
+use crate::tags::{TagEntry, TagTable, Tags};
 
 #[derive(Debug)]
 pub struct Volume {
@@ -53,6 +55,20 @@ pub struct Volume {
     resync: parking_lot::Mutex<ResyncRun>,
     /// Bytes resyncs have copied since open (tests and metrics).
     resync_copied: AtomicU64,
+    /// Tagged mirror writes, when the legs have tag tables.
+    tags: Option<Arc<Tags>>,
+    /// What crash reconciliation found and copied at open.
+    reconcile: parking_lot::Mutex<ReconcileReport>,
+}
+
+/// The outcome of tag reconciliation at open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Tag entries every leg of their mirror held (nothing to do).
+    pub matched: u64,
+    /// Entries only some legs held: their ranges were copied.
+    pub unmatched: u64,
+    pub copied_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +183,124 @@ impl Volume {
         Ok(Arc::new(v))
     }
 
+    /// Like [`Volume::with_layout`], with a tag table per mirror leg
+    /// (`tag_stores[leg id]`, each at least [`crate::tags::store_bytes`]).
+    /// Before returning, reconciles the legs after a crash: every range a
+    /// write reached on some legs of a mirror but not all is copied from a
+    /// leg that has it. No host I/O can run until this returns.
+    pub fn with_layout_tagged(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        layout: &Layout,
+        block_size: u32,
+        meta_path: Option<&Path>,
+        tag_stores: BTreeMap<usize, Arc<dyn Backend>>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let v = Self::with_layout(name, backends, layout, block_size, meta_path)?;
+        let mut v = Arc::try_unwrap(v).map_err(|_| invalid("volume shared while opening"))?;
+        if !v.mirrored || tag_stores.is_empty() {
+            return Ok(Arc::new(v));
+        }
+        let legs = v.map.load().legs();
+        let mut tables = BTreeMap::new();
+        for (id, _) in &legs {
+            let store = tag_stores
+                .get(id)
+                .ok_or_else(|| invalid("a mirror leg has no tag store"))?;
+            tables.insert(*id, TagTable::new(store.clone())?);
+        }
+        let next = v.reconcile_tags(&tables)?;
+        v.tags = Some(Arc::new(Tags::new(tables, next)));
+        Ok(Arc::new(v))
+    }
+
+    /// Compares the Up legs' tag tables per mirror and copies unmatched
+    /// ranges; then empties the Up legs' tables. Returns the next tag.
+    fn reconcile_tags(&self, tables: &BTreeMap<usize, TagTable>) -> Result<u64, EngineError> {
+        let map = self.map.load_full();
+        let up: BTreeSet<usize> = map
+            .legs()
+            .into_iter()
+            .filter(|l| l.1 == LegState::Up)
+            .map(|l| l.0)
+            .collect();
+        let mut entries = BTreeMap::new();
+        let mut max_tag = 0;
+        for (id, t) in tables {
+            let es = t.entries()?;
+            max_tag = es.iter().map(|e| e.tag).max().unwrap_or(0).max(max_tag);
+            if up.contains(id) {
+                entries.insert(*id, es);
+            }
+        }
+        let groups: Vec<Vec<usize>> = map
+            .mirror_groups()
+            .into_iter()
+            .map(|g| g.into_iter().filter(|l| up.contains(l)).collect::<Vec<_>>())
+            .filter(|g| g.len() > 1)
+            .collect();
+        let todo = crate::tags::unmatched(&groups, &entries);
+        let bs = self.block_size as u64;
+        let nb = self.num_blocks();
+        let mut report = ReconcileReport::default();
+        for (e, src, lacking) in &todo {
+            if e.lba >= nb {
+                continue;
+            }
+            let blocks = e.blocks.min(nb - e.lba);
+            let (_m1, from) = self.resolve(e.lba, blocks, Route::Leg(*src))?;
+            let mut buf = vec![0u8; (blocks * bs) as usize];
+            read_targets(&self.backends, &from, &mut buf, bs)?;
+            for l in lacking {
+                let (_m2, to) = self.resolve(e.lba, blocks, Route::Leg(*l))?;
+                if let Some((_, err)) = write_targets(&self.backends, &to, &buf, true, bs)
+                    .into_iter()
+                    .next()
+                {
+                    return Err(EngineError::Io(err));
+                }
+                report.copied_bytes += to.iter().map(|t| t.blocks * bs).sum::<u64>();
+            }
+            report.unmatched += 1;
+        }
+        // Distinct entries per mirror, less the unmatched ones.
+        report.matched = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|l| entries.get(l))
+                    .flatten()
+                    .collect::<BTreeSet<_>>()
+                    .len() as u64
+            })
+            .sum::<u64>()
+            - todo.len() as u64;
+        if !todo.is_empty() {
+            tracing::warn!(volume = %self.name, ranges = report.unmatched, bytes = report.copied_bytes,
+                "mirror legs reconciled after a crash");
+        }
+        for b in self.backends.iter() {
+            b.flush()?;
+        }
+        for id in &up {
+            if let Some(t) = tables.get(id) {
+                t.wipe()?;
+            }
+        }
+        *self.reconcile.lock() = report;
+        Ok(max_tag + 1)
+    }
+
+    /// What reconciliation did when the volume was opened.
+    pub fn reconcile_report(&self) -> ReconcileReport {
+        self.reconcile.lock().clone()
+    }
+
+    /// Tag entries issued but not yet retired.
+    pub fn unretired_tags(&self) -> usize {
+        self.tags.as_ref().map_or(0, |t| t.unretired())
+    }
+
     fn build(
         name: &str,
         backends: Vec<Arc<dyn Backend>>,
@@ -200,6 +334,8 @@ impl Volume {
             cp: tokio::sync::Mutex::new(()),
             resync: parking_lot::Mutex::new(ResyncRun::default()),
             resync_copied: AtomicU64::new(0),
+            tags: None,
+            reconcile: parking_lot::Mutex::new(ReconcileReport::default()),
         }
     }
 
@@ -470,13 +606,63 @@ impl Volume {
         self.check_range(lba, blocks)?;
         self.stamp_if_fow(lba, blocks).await?;
         let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
-        let backends = self.backends.clone();
-        let failures = blocking(move || {
+        let io = self.host_io(&map, lba, blocks);
+        let (failures, tag) = blocking(move || {
             let _map = map;
-            Ok(write_targets(&backends, &targets, &data, fua, bs))
+            Ok(io.apply(&targets, Some(&data), fua))
         })
         .await?;
+        self.finish_tag(tag);
         self.complete_write(lba, blocks, failures).await
+    }
+
+    /// What a host write's downstream I/O needs, detached from `self` so it
+    /// can run on a blocking thread.
+    pub(crate) fn host_io(&self, map: &ExtentMap, lba: u64, blocks: u64) -> HostIo {
+        let live = match &self.tags {
+            Some(_) => map
+                .legs()
+                .into_iter()
+                .filter(|l| l.1 != LegState::Dead)
+                .map(|l| l.0)
+                .collect(),
+            None => Vec::new(),
+        };
+        HostIo {
+            backends: self.backends.clone(),
+            tags: self.tags.clone(),
+            live,
+            lba,
+            blocks,
+            bs: self.block_size as u64,
+        }
+    }
+
+    /// A tagged write finished on every leg: queue its entry for
+    /// retirement; a full batch is retired in the background, after the
+    /// data it covers is flushed.
+    pub(crate) fn finish_tag(&self, tag: Option<u64>) {
+        let (Some(tag), Some(tags)) = (tag, &self.tags) else {
+            return;
+        };
+        if let Some(batch) = tags.complete(tag, false) {
+            let tags = tags.clone();
+            let backends = self.backends.clone();
+            let live: Vec<usize> = self
+                .map
+                .load()
+                .legs()
+                .into_iter()
+                .filter(|l| l.1 != LegState::Dead)
+                .map(|l| l.0)
+                .collect();
+            let name = self.name.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = retire_batch(&backends, &tags, &batch, &live) {
+                    tracing::warn!(volume = %name, "tag retirement failed: {e}");
+                }
+            });
+        }
     }
 
     /// Correlates the status of a write's downstream I/Os: it succeeds when
@@ -636,6 +822,11 @@ impl Volume {
                 Some((_, LegState::Dead)) => {}
                 Some(_) => return Err(invalid("leg is not dead")),
                 None => return Err(invalid("no such mirror leg")),
+            }
+            // The leg's old tag entries describe writes the resync
+            // supersedes; left in place they would look unmatched later.
+            if let Some(t) = self.tags.as_ref().and_then(|t| t.tables.get(&id)).cloned() {
+                blocking(move || Ok(t.wipe()?)).await?;
             }
             let mut meta = self.meta.lock().clone();
             let since = meta.legs.get(&id).map(|l| l.1).unwrap_or(0);
@@ -807,12 +998,27 @@ impl Volume {
         s
     }
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable; on a tagged mirror, also
+    /// retires the tags of completed writes (their data is durable now).
     pub async fn flush(&self) -> Result<(), EngineError> {
         let backends = self.backends.clone();
+        let tags = self.tags.clone();
+        let live: Vec<usize> = self
+            .map
+            .load()
+            .legs()
+            .into_iter()
+            .filter(|l| l.1 != LegState::Dead)
+            .map(|l| l.0)
+            .collect();
         blocking(move || {
-            for b in backends.iter() {
-                b.flush()?;
+            match tags {
+                Some(t) => retire_batch(&backends, &t, &t.take_done(), &live)?,
+                None => {
+                    for b in backends.iter() {
+                        b.flush()?;
+                    }
+                }
             }
             Ok(())
         })
@@ -826,21 +1032,13 @@ impl Volume {
         let _g = self.write_lock(lba, blocks).await;
         self.stamp_if_fow(lba, blocks).await?;
         let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
-        let backends = self.backends.clone();
-        let bs = self.block_size as u64;
-        let failures = blocking(move || {
+        let io = self.host_io(&map, lba, blocks);
+        let (failures, tag) = blocking(move || {
             let _map = map;
-            let mut failures = Vec::new();
-            for t in targets {
-                let r = backend_of(&backends, &t)
-                    .and_then(|b| b.discard(t.offset, t.blocks * bs).map_err(EngineError::Io));
-                if let Err(e) = r {
-                    failures.push((t, to_io(e)));
-                }
-            }
-            Ok(failures)
+            Ok(io.apply(&targets, None, false))
         })
         .await?;
+        self.finish_tag(tag);
         self.complete_write(lba, blocks, failures).await
     }
 
@@ -958,6 +1156,124 @@ pub(crate) fn write_targets(
         }
     }
     failures
+}
+
+/// Flushes the legs' data, then clears a batch of tag entries on the live
+/// legs' tables: an entry may only go once the write it covers is durable.
+fn retire_batch(
+    backends: &[Arc<dyn Backend>],
+    tags: &Tags,
+    batch: &[u64],
+    live: &[usize],
+) -> std::io::Result<()> {
+    for b in backends {
+        b.flush()?;
+    }
+    tags.retire(batch, live)
+}
+
+/// A host write's (or discard's) downstream I/O, ready for a blocking thread.
+pub(crate) struct HostIo {
+    backends: Arc<[Arc<dyn Backend>]>,
+    tags: Option<Arc<Tags>>,
+    live: Vec<usize>,
+    lba: u64,
+    blocks: u64,
+    bs: u64,
+}
+
+impl HostIo {
+    /// Writes `data` (or discards, with None) to every target. On a tagged
+    /// mirror, each leg durably records the write's tag before any of its
+    /// data; a leg whose entry cannot be recorded gets no data and counts
+    /// as failed. Returns the failures and the tag used.
+    pub(crate) fn apply(
+        &self,
+        targets: &[Target],
+        data: Option<&[u8]>,
+        fua: bool,
+    ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
+        let mut failures = Vec::new();
+        let mut bad = BTreeSet::new();
+        let mut used = None;
+        if let Some(tags) = &self.tags {
+            let legs: BTreeSet<usize> = targets.iter().filter_map(|t| t.leg).collect();
+            if !legs.is_empty() {
+                let tag = self.issue(tags);
+                used = Some(tag);
+                let e = TagEntry {
+                    tag,
+                    lba: self.lba,
+                    blocks: self.blocks,
+                };
+                // Each entry is a synchronous write: record the legs' entries
+                // in parallel so the cost is one device round trip, not N.
+                let results: Vec<(usize, std::io::Result<()>)> = std::thread::scope(|sc| {
+                    let handles: Vec<_> = legs
+                        .iter()
+                        .map(|&l| {
+                            let t = tags.tables.get(&l);
+                            sc.spawn(move || (l, t.map_or(Ok(()), |t| t.record(&e))))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                (
+                                    usize::MAX,
+                                    Err(std::io::Error::other("tag writer panicked")),
+                                )
+                            })
+                        })
+                        .collect()
+                });
+                for (l, r) in results {
+                    if let Err(err) = r {
+                        bad.insert(l);
+                        if let Some(t) = targets.iter().find(|t| t.leg == Some(l)) {
+                            failures.push((*t, err));
+                        }
+                    }
+                }
+            }
+        }
+        let bs = self.bs;
+        for t in targets {
+            if t.leg.is_some_and(|l| bad.contains(&l)) {
+                continue;
+            }
+            let r = match (backend_of(&self.backends, t), data) {
+                (Err(e), _) => Err(to_io(e)),
+                (Ok(b), None) => b.discard(t.offset, t.blocks * bs),
+                (Ok(b), Some(d)) => {
+                    let at = (t.buf_block * bs) as usize;
+                    match d.get(at..at + (t.blocks * bs) as usize) {
+                        Some(src) => b.write_at(t.offset, src, fua),
+                        None => Err(std::io::Error::other("write target outside the buffer")),
+                    }
+                }
+            };
+            if let Err(e) = r {
+                failures.push((*t, e));
+            }
+        }
+        (failures, used)
+    }
+
+    /// A fresh tag; when its slot is still taken, retires what is waiting
+    /// (or waits for in-flight writes to finish).
+    fn issue(&self, tags: &Tags) -> u64 {
+        loop {
+            if let Some(t) = tags.issue() {
+                return t;
+            }
+            let batch = tags.take_done();
+            if batch.is_empty() || retire_batch(&self.backends, tags, &batch, &self.live).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 /// Appends a block run, merging with the previous one and letting a mapped
