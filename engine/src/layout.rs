@@ -83,6 +83,19 @@ impl Layout {
         })
     }
 
+    /// How many mirror legs the layout has (their ids are 0..n).
+    pub fn mirror_legs(&self) -> usize {
+        match self {
+            Layout::Backend(_) => 0,
+            Layout::Stripe { legs, .. } | Layout::Concat { parts: legs } => {
+                legs.iter().map(Layout::mirror_legs).sum()
+            }
+            Layout::Mirror { legs } => {
+                legs.len() + legs.iter().map(Layout::mirror_legs).sum::<usize>()
+            }
+        }
+    }
+
     /// The descriptor and its capacity in blocks.
     fn desc(
         &self,

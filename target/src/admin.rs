@@ -319,6 +319,12 @@ pub fn mirror_json(v: &vtgt_engine::Volume) -> Value {
         "generation": st.generation,
         "legs": st.legs.iter().map(|(id, s)| json!({"leg": id, "state": s.as_str()})).collect::<Vec<_>>(),
         "stale_regions": st.stale_regions,
+        "unretired_tags": v.unretired_tags(),
+        "reconciled_at_open": {
+            "matched": v.reconcile_report().matched,
+            "unmatched": v.reconcile_report().unmatched,
+            "copied_bytes": v.reconcile_report().copied_bytes,
+        },
         "region_bytes": st.region_blocks * v.block_size() as u64,
         "resync": {
             "leg": r.leg,
@@ -523,6 +529,8 @@ mod mirror_admin_tests {
         assert_eq!(v["generation"], json!(1));
         assert_eq!(v["legs"][1]["state"], json!("dead"));
         assert!(dir.path().join("m.mirror").exists());
+        assert!(dir.path().join("m.leg0.tags").exists());
+        assert!(dir.path().join("m.leg1.tags").exists());
         // Written after the failure: one region to copy.
         vol.write(20, bytes::Bytes::from(vec![8u8; 512]), false)
             .await

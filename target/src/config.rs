@@ -120,6 +120,11 @@ pub struct LayoutConfig {
     /// Children laid end to end; top level only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concat: Option<Vec<LayoutConfig>>,
+    /// Tagged mirror writes (crash-consistent legs, one small tag table
+    /// file per leg, a synchronous write per leg per host write). Top level
+    /// only; on by default for file and block mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<bool>,
 }
 
 impl LayoutConfig {
@@ -141,6 +146,9 @@ impl LayoutConfig {
                     "layout size {s:?}: not a multiple of the block size"
                 ));
             }
+        }
+        if self.tags.is_some() && !top {
+            return Err("tags is a volume-wide setting: put it at the top of the layout".into());
         }
         if self.unit.is_some() && self.stripe.is_none() {
             return Err("unit is only for stripes".into());

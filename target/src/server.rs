@@ -491,8 +491,30 @@ fn open_layout(
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     }
-    Volume::with_layout(&v.name, backends, &layout, v.block_size, meta.as_deref())
-        .with_context(|| format!("volume {:?}: layout", v.name))
+    // One tag table per mirror leg, beside the mirror state.
+    let mut stores = std::collections::BTreeMap::new();
+    if let (Some(m), true) = (&meta, l.tags.unwrap_or(true)) {
+        for leg in 0..layout.mirror_legs() {
+            let p = m.with_extension(format!("leg{leg}.tags"));
+            let b = FileBackend::open_or_create(&p, vtgt_engine::tags::store_bytes())
+                .with_context(|| format!("volume {:?}: tag table {}", v.name, p.display()))?;
+            stores.insert(leg, Arc::new(b) as Arc<dyn Backend>);
+        }
+    }
+    let vol = Volume::with_layout_tagged(
+        &v.name,
+        backends,
+        &layout,
+        v.block_size,
+        meta.as_deref(),
+        stores,
+    )
+    .with_context(|| format!("volume {:?}: layout", v.name))?;
+    let rep = vol.reconcile_report();
+    if rep.unmatched > 0 {
+        info!(volume = %v.name, ranges = rep.unmatched, bytes = rep.copied_bytes, "mirror reconciled after a crash");
+    }
+    Ok(vol)
 }
 
 /// Where a volume's persistent reservations (APTPL) are kept: beside the
