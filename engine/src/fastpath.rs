@@ -163,6 +163,13 @@ impl Exposure {
             IoKind::Write if red.fault_on_write => return Err(FaultReason::FaultOnWrite),
             _ => {}
         }
+        if kind == IoKind::Write {
+            if let Some(j) = vol.write_journal() {
+                if !j.has_room((blocks * vol.block_size() as u64) as usize) {
+                    return Err(FaultReason::JournalFull);
+                }
+            }
+        }
         let pos = ext.pos(lba);
         // One downstream I/O per leg: a stripe-unit crossing goes to the
         // control path, which splits it (see README, "Stripe crossings").
@@ -241,6 +248,9 @@ impl Admission {
         // overlapping range, otherwise an atomic counter. Mirrored: exclusive
         // over the range, so overlapping writes reach every leg in one order.
         let guard = self.volume.write_lock(self.lba, self.blocks).await;
+        // Write splitting into the journal first (a full one is swapped by
+        // the control path inside).
+        self.volume.journal_append(self.lba, &data, fua).await?;
         let Admission {
             map,
             volume,

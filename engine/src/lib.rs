@@ -20,6 +20,7 @@ pub mod rangelock;
 pub mod reservation;
 pub mod tags;
 pub mod volume;
+pub mod wjournal;
 
 pub use backend::{Backend, FaultyBackend, FileBackend, MemBackend};
 pub use control::{LuControl, Notice};

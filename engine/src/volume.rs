@@ -24,6 +24,7 @@ use crate::layout::{Compiled, Layout};
 use crate::mirror::{MirrorMeta, ResyncStatus};
 use crate::rangelock::{RangeGuard, RangeLocks};
 use crate::tags::{TagEntry, TagTable, Tags};
+use crate::wjournal::{AppendError, JEntry, WriteJournal};
 
 #[derive(Debug)]
 pub struct Volume {
@@ -59,6 +60,12 @@ pub struct Volume {
     tags: Option<Arc<Tags>>,
     /// What crash reconciliation found and copied at open.
     reconcile: parking_lot::Mutex<ReconcileReport>,
+    /// Write journaling: the journal every host write is also appended to.
+    wjournal: arc_swap::ArcSwapOption<WriteJournal>,
+    /// Empty journals to swap in when the active one fills.
+    wj_spares: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
+    /// Full journals swapped out, waiting for a copy agent.
+    wj_sealed: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
 }
 
 /// The outcome of tag reconciliation at open.
@@ -336,6 +343,9 @@ impl Volume {
             resync_copied: AtomicU64::new(0),
             tags: None,
             reconcile: parking_lot::Mutex::new(ReconcileReport::default()),
+            wjournal: arc_swap::ArcSwapOption::empty(),
+            wj_spares: parking_lot::Mutex::new(Vec::new()),
+            wj_sealed: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -475,6 +485,7 @@ impl Volume {
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
         let blocks = data.len() as u64 / self.block_size as u64;
         let _g = self.write_lock(lba, blocks).await;
+        self.journal_append(lba, &data, fua).await?;
         self.write_unlocked(lba, data, fua).await
     }
 
@@ -492,6 +503,7 @@ impl Volume {
                 "write outside the held range lock",
             )));
         }
+        self.journal_append(lba, &data, fua).await?;
         self.write_unlocked(lba, data, fua).await
     }
     /// A write no other write can tear, not even a crash: journaled first
@@ -614,6 +626,96 @@ impl Volume {
         .await?;
         self.finish_tag(tag);
         self.complete_write(lba, blocks, failures).await
+    }
+
+    /// Turns on write journaling: every host write is appended to the
+    /// first journal before it is written in place; the others are spares.
+    pub fn attach_write_journals(&self, journals: Vec<Arc<WriteJournal>>) {
+        let mut it = journals.into_iter();
+        self.wjournal.store(it.next());
+        *self.wj_spares.lock() = it.collect();
+    }
+
+    /// Fraction of the active write journal in use (0 without one).
+    pub fn journal_fill_ratio(&self) -> f64 {
+        self.wjournal
+            .load()
+            .as_ref()
+            .map_or(0.0, |j| j.used() as f64 / j.capacity().max(1) as f64)
+    }
+
+    pub(crate) fn write_journal(&self) -> Option<Arc<WriteJournal>> {
+        self.wjournal.load_full()
+    }
+
+    /// Journals that filled up and were swapped out, for a copy agent; give
+    /// them back with [`Volume::recycle_journal`] once drained.
+    pub fn take_sealed_journals(&self) -> Vec<Arc<WriteJournal>> {
+        std::mem::take(&mut *self.wj_sealed.lock())
+    }
+
+    pub fn recycle_journal(&self, j: Arc<WriteJournal>) -> Result<(), EngineError> {
+        j.reset()?;
+        self.wj_spares.lock().push(j);
+        Ok(())
+    }
+
+    /// Appends a host write to the active journal. A full journal is the
+    /// journal-full fault: the control path seals it, swaps in an empty
+    /// spare and retries; with no spare left the write fails.
+    pub(crate) async fn journal_append(
+        &self,
+        lba: u64,
+        data: &Bytes,
+        fua: bool,
+    ) -> Result<(), EngineError> {
+        loop {
+            let Some(j) = self.wjournal.load_full() else {
+                return Ok(());
+            };
+            let d = data.clone();
+            let jj = j.clone();
+            let r = blocking(move || match jj.append(lba, &d, fua) {
+                Ok(_) => Ok(None),
+                Err(AppendError::Full) => Ok(Some(())),
+                Err(AppendError::Io(e)) => Err(EngineError::Io(e)),
+            })
+            .await?;
+            if r.is_none() {
+                return Ok(());
+            }
+            self.counters.fault(crate::fault::FaultReason::JournalFull);
+            let _cp = self.cp.lock().await;
+            // Someone else may have swapped already.
+            let cur = self.wjournal.load_full();
+            if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, &j)) {
+                let Some(spare) = self.wj_spares.lock().pop() else {
+                    return Err(EngineError::Io(std::io::Error::other(
+                        "write journal full and no empty journal to swap in",
+                    )));
+                };
+                if !spare.has_room(data.len()) {
+                    self.wj_spares.lock().push(spare);
+                    return Err(invalid("write larger than an empty journal"));
+                }
+                self.wjournal.store(Some(spare));
+                self.wj_sealed.lock().push(j);
+            }
+        }
+    }
+
+    /// Applies a journal's complete entries to the volume in order (after a
+    /// crash, or to bring a copy up to date). Returns how many.
+    pub async fn replay_journal(&self, j: Arc<WriteJournal>) -> Result<usize, EngineError> {
+        let entries: Vec<JEntry> = blocking(move || Ok(j.replay()?)).await?;
+        let n = entries.len();
+        for e in entries {
+            let blocks = e.data.len() as u64 / self.block_size as u64;
+            let _g = self.write_lock(e.lba, blocks).await;
+            self.write_unlocked(e.lba, Bytes::from(e.data), false)
+                .await?;
+        }
+        Ok(n)
     }
 
     /// What a host write's downstream I/O needs, detached from `self` so it

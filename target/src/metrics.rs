@@ -298,7 +298,7 @@ async fn export(server: &Server) {
             .absolute(v.resync_copied_bytes());
         gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(0.0);
         gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(v.journal_fill_ratio());
     }
     let sessions = server.iscsi.sessions.all();
     for t in server.iscsi.targets.load().iter() {
