@@ -336,6 +336,14 @@ impl ExtentMap {
         Self { extents, redirects }
     }
 
+    /// A map from parts the control path assembled (sorted, contiguous
+    /// extents; every redirect index valid).
+    pub fn from_parts(extents: Vec<Extent>, redirects: Vec<Redirect>) -> Self {
+        let mut m = Self { extents, redirects };
+        m.compact();
+        m
+    }
+
     pub fn extents(&self) -> &[Extent] {
         &self.extents
     }

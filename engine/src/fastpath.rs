@@ -229,7 +229,7 @@ impl Admission {
         let bs = self.volume.block_size() as u64;
         let r = blocking(move || {
             let mut buf = BytesMut::zeroed(self.bytes);
-            read_targets(self.volume.backends(), &self.targets, &mut buf, bs)?;
+            read_targets(&self.volume.backends(), &self.targets, &mut buf, bs)?;
             self.volume.counters.fast_path_hit();
             Ok(buf)
         })

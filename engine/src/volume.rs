@@ -26,12 +26,17 @@ use crate::rangelock::{RangeGuard, RangeLocks};
 use crate::tags::{TagEntry, TagTable, Tags};
 use crate::wjournal::{AppendError, JEntry, WriteJournal};
 
+#[path = "migrate.rs"]
+mod migrate;
+pub use migrate::MigrationStatus;
+
 #[derive(Debug)]
 pub struct Volume {
     name: String,
     block_size: u32,
     nblocks: AtomicU64,
-    backends: Arc<[Arc<dyn Backend>]>,
+    /// Swapped (never shrunk) by migration; targets index into it.
+    backends: ArcSwap<Vec<Arc<dyn Backend>>>,
     map: ArcSwap<ExtentMap>,
     pub counters: FaultCounters,
     /// Every write holds its range here; atomic commands hold it exclusively.
@@ -66,6 +71,7 @@ pub struct Volume {
     wj_spares: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
     /// Full journals swapped out, waiting for a copy agent.
     wj_sealed: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
+    migration: parking_lot::Mutex<MigrationStatus>,
 }
 
 /// The outcome of tag reconciliation at open.
@@ -257,10 +263,10 @@ impl Volume {
             let blocks = e.blocks.min(nb - e.lba);
             let (_m1, from) = self.resolve(e.lba, blocks, Route::Leg(*src))?;
             let mut buf = vec![0u8; (blocks * bs) as usize];
-            read_targets(&self.backends, &from, &mut buf, bs)?;
+            read_targets(&self.backends(), &from, &mut buf, bs)?;
             for l in lacking {
                 let (_m2, to) = self.resolve(e.lba, blocks, Route::Leg(*l))?;
-                if let Some((_, err)) = write_targets(&self.backends, &to, &buf, true, bs)
+                if let Some((_, err)) = write_targets(&self.backends(), &to, &buf, true, bs)
                     .into_iter()
                     .next()
                 {
@@ -286,7 +292,7 @@ impl Volume {
             tracing::warn!(volume = %self.name, ranges = report.unmatched, bytes = report.copied_bytes,
                 "mirror legs reconciled after a crash");
         }
-        for b in self.backends.iter() {
+        for b in self.backends().iter() {
             b.flush()?;
         }
         for id in &up {
@@ -326,7 +332,7 @@ impl Volume {
             name: name.to_string(),
             block_size,
             nblocks: AtomicU64::new(c.nblocks),
-            backends: backends.into(),
+            backends: ArcSwap::from_pointee(backends),
             map: ArcSwap::from_pointee(c.map),
             counters: FaultCounters::default(),
             locks: RangeLocks::new(),
@@ -346,6 +352,7 @@ impl Volume {
             wjournal: arc_swap::ArcSwapOption::empty(),
             wj_spares: parking_lot::Mutex::new(Vec::new()),
             wj_sealed: parking_lot::Mutex::new(Vec::new()),
+            migration: parking_lot::Mutex::new(MigrationStatus::default()),
         }
     }
 
@@ -361,8 +368,8 @@ impl Volume {
         self.nblocks.load(Ordering::Acquire)
     }
 
-    pub fn backends(&self) -> &[Arc<dyn Backend>] {
-        &self.backends
+    pub fn backends(&self) -> Arc<Vec<Arc<dyn Backend>>> {
+        self.backends.load_full()
     }
 
     pub fn map(&self) -> Arc<ExtentMap> {
@@ -444,7 +451,7 @@ impl Volume {
     pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes, EngineError> {
         let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
         let total = (blocks * self.block_size as u64) as usize;
-        let backends = self.backends.clone();
+        let backends = self.backends();
         let bs = self.block_size as u64;
         let buf = blocking(move || {
             let _map = map;
@@ -587,7 +594,7 @@ impl Volume {
     ) -> Result<Vec<(u64, u64, bool)>, EngineError> {
         let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
         let bs = self.block_size as u64;
-        let backends = self.backends.clone();
+        let backends = self.backends();
         blocking(move || {
             let _map = map;
             let mut out: Vec<(u64, u64, bool)> = Vec::new();
@@ -731,7 +738,7 @@ impl Volume {
             None => Vec::new(),
         };
         HostIo {
-            backends: self.backends.clone(),
+            backends: self.backends(),
             tags: self.tags.clone(),
             live,
             lba,
@@ -749,7 +756,7 @@ impl Volume {
         };
         if let Some(batch) = tags.complete(tag, false) {
             let tags = tags.clone();
-            let backends = self.backends.clone();
+            let backends = self.backends();
             let live: Vec<usize> = self
                 .map
                 .load()
@@ -1008,7 +1015,7 @@ impl Volume {
             let _g = self.locks.exclusive(s, n).await;
             let (m1, src) = self.resolve(s, n, Route::Read(self.next_read_pick()))?;
             let (m2, dst) = self.resolve(s, n, Route::Leg(id))?;
-            let backends = self.backends.clone();
+            let backends = self.backends();
             let failures = blocking(move || {
                 let _maps = (m1, m2);
                 let mut buf = vec![0u8; (n * bs) as usize];
@@ -1023,7 +1030,7 @@ impl Volume {
             self.resync_copied.fetch_add(n * bs, Ordering::Relaxed);
         }
         // The copies must be durable before the leg is declared in sync.
-        let backends = self.backends.clone();
+        let backends = self.backends();
         blocking(move || {
             for b in backends.iter() {
                 b.flush()?;
@@ -1091,7 +1098,7 @@ impl Volume {
                 s.push_str(&format!(
                     "  extent @{} -> [{}]{}{}\n",
                     e.start,
-                    describe_desc(&r.desc, &self.backends),
+                    describe_desc(&r.desc, &self.backends()),
                     if r.fault_on_write { " FoW" } else { "" },
                     if r.fault_on_read { " FoR" } else { "" },
                 ));
@@ -1103,7 +1110,7 @@ impl Volume {
     /// Makes every completed write durable; on a tagged mirror, also
     /// retires the tags of completed writes (their data is durable now).
     pub async fn flush(&self) -> Result<(), EngineError> {
-        let backends = self.backends.clone();
+        let backends = self.backends();
         let tags = self.tags.clone();
         let live: Vec<usize> = self
             .map
@@ -1152,7 +1159,7 @@ impl Volume {
                 "volume can only grow, and only when it is one plain backend",
             )));
         }
-        let b = self.backends[0].clone();
+        let b = self.backends()[0].clone();
         let bytes = nblocks * self.block_size as u64;
         blocking(move || Ok(b.grow(bytes)?)).await?;
         self.map.store(Arc::new(self.map.load().grown(nblocks)));
@@ -1276,7 +1283,7 @@ fn retire_batch(
 
 /// A host write's (or discard's) downstream I/O, ready for a blocking thread.
 pub(crate) struct HostIo {
-    backends: Arc<[Arc<dyn Backend>]>,
+    backends: Arc<Vec<Arc<dyn Backend>>>,
     tags: Option<Arc<Tags>>,
     live: Vec<usize>,
     lba: u64,
