@@ -80,6 +80,14 @@ pub enum Request {
     Layout {
         volume: String,
     },
+    /// Moves a volume's data, online, onto a new file or block device
+    /// (relative paths are under the data directory). Runs in the
+    /// background; `layout` shows progress. The running volume uses the new
+    /// backend from then on; the config still names the old one.
+    Migrate {
+        volume: String,
+        path: PathBuf,
+    },
 }
 
 /// Where the config came from, for `reload` and `save`.
@@ -179,6 +187,24 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
         Request::Layout { volume } => {
             let v = engine_volume(server, &volume).await?;
             return Ok(mirror_json(&v));
+        }
+        Request::Migrate { volume, path } => {
+            let v = engine_volume(server, &volume).await?;
+            let path = if path.is_absolute() {
+                path
+            } else {
+                cfg.data_dir.join(path)
+            };
+            let bytes = v.num_blocks() * v.block_size() as u64;
+            let to = vtgt_engine::FileBackend::open_or_create(&path, bytes)
+                .with_context(|| format!("migration target {}", path.display()))?;
+            let bg = v.clone();
+            tokio::spawn(async move {
+                if let Err(e) = bg.migrate(Arc::new(to)).await {
+                    warn!(volume = %bg.name(), "migration failed: {e}");
+                }
+            });
+            return Ok(json!({"volume": volume, "to": path, "migration": "started"}));
         }
         Request::Sessions => return Ok(sessions(server)),
         Request::Save => {
@@ -320,6 +346,12 @@ pub fn mirror_json(v: &vtgt_engine::Volume) -> Value {
         "legs": st.legs.iter().map(|(id, s)| json!({"leg": id, "state": s.as_str()})).collect::<Vec<_>>(),
         "stale_regions": st.stale_regions,
         "unretired_tags": v.unretired_tags(),
+        "migration": {
+            "active": v.migration_status().active,
+            "done_bytes": v.migration_status().done_bytes,
+            "total_bytes": v.migration_status().total_bytes,
+        },
+        "journal_fill_ratio": v.journal_fill_ratio(),
         "reconciled_at_open": {
             "matched": v.reconcile_report().matched,
             "unmatched": v.reconcile_report().unmatched,
@@ -568,5 +600,49 @@ mod mirror_admin_tests {
         )
         .await
         .is_err());
+    }
+
+    #[tokio::test]
+    async fn migrate_op_moves_a_volume_online() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "data_dir = {:?}\n[[volume]]\nname = \"p\"\nbackend = \"file\"\npath = \"p.img\"\nsize = \"1MiB\"\n",
+            dir.path()
+        );
+        let mut cfg: Config = toml::from_str(&text).unwrap();
+        cfg.iscsi.portals.clear();
+        cfg.nvme.listen.clear();
+        cfg.targets.clear();
+        cfg.subsystems.clear();
+        let ctx = AdminContext {
+            server: Arc::new(Server::start(cfg).await.unwrap()),
+            config_path: None,
+        };
+        let vol = engine_volume(&ctx.server, "p").await.unwrap();
+        vol.write(1000, bytes::Bytes::from(vec![0x3Cu8; 4096]), false)
+            .await
+            .unwrap();
+        handle(
+            &ctx,
+            Request::Migrate {
+                volume: "p".into(),
+                path: "p2.img".into(),
+            },
+        )
+        .await
+        .unwrap();
+        for _ in 0..500 {
+            let s = vol.migration_status();
+            if !s.active && s.done_bytes == s.total_bytes && s.total_bytes > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(vol.migration_status().done_bytes, 1 << 20);
+        let img = std::fs::read(dir.path().join("p2.img")).unwrap();
+        assert!(img[1000 * 512..1000 * 512 + 4096]
+            .iter()
+            .all(|&b| b == 0x3C));
+        assert!(vol.describe_layout().contains("p2.img"));
     }
 }

@@ -151,6 +151,8 @@ enum AdminOp {
     Layout { volume: String },
     /// Follow a volume's resync with a progress bar until it finishes.
     Watch { volume: String },
+    /// Move a volume online onto a new file or device.
+    Migrate { volume: String, path: PathBuf },
     /// Add an initiator to a target's allow list.
     AllowInitiator { target: String, initiator: String },
     /// Remove an initiator from a target's allow list.
@@ -309,6 +311,7 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
         AdminOp::FailLeg { volume, leg } => Request::FailLeg { volume, leg },
         AdminOp::AttachLeg { volume, leg } => Request::AttachLeg { volume, leg },
         AdminOp::Layout { volume } => Request::Layout { volume },
+        AdminOp::Migrate { volume, path } => Request::Migrate { volume, path },
         AdminOp::Watch { .. } => return ExitCode::FAILURE,
         AdminOp::Status => Request::Status,
         AdminOp::Sessions => Request::Sessions,

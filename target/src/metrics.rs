@@ -296,8 +296,14 @@ async fn export(server: &Server) {
             .set(r.eta_secs.filter(|_| r.active).unwrap_or(0.0));
         counter!("vtgt_resync_copied_bytes_total", "volume" => name.clone())
             .absolute(v.resync_copied_bytes());
-        gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(0.0);
+        let mig = v.migration_status();
+        let (mt, md) = if mig.active {
+            (mig.total_bytes as f64, mig.done_bytes as f64)
+        } else {
+            (0.0, 0.0)
+        };
+        gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(mt);
+        gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(md);
         gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(v.journal_fill_ratio());
     }
     let sessions = server.iscsi.sessions.all();
