@@ -227,14 +227,23 @@ impl Admission {
 
     pub async fn read(self) -> Result<Bytes, EngineError> {
         let bs = self.volume.block_size() as u64;
+        let (vol, lba, blocks) = (self.volume.clone(), self.lba, self.blocks);
         let r = blocking(move || {
             let mut buf = BytesMut::zeroed(self.bytes);
             read_targets(&self.volume.backends(), &self.targets, &mut buf, bs)?;
             self.volume.counters.fast_path_hit();
             Ok(buf)
         })
-        .await?;
-        Ok(r.freeze())
+        .await;
+        match r {
+            Ok(b) => Ok(b.freeze()),
+            // A mirror leg failed the read: the control path tries the others.
+            Err(_) if vol.is_mirrored() => {
+                vol.counters.fault(FaultReason::BackendError);
+                vol.read(lba, blocks).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn write(self, data: Bytes, fua: bool) -> Result<(), EngineError> {

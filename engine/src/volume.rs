@@ -447,8 +447,28 @@ impl Volume {
         Ok((map, out))
     }
 
-    /// Control-path read: any range inside the volume, across extents.
+    /// Control-path read: any range inside the volume, across extents. On
+    /// a mirror a failed read is retried on the other legs (the round-robin
+    /// cursor moves on every attempt).
     pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes, EngineError> {
+        let tries = if self.mirrored {
+            self.map.load().legs().len().max(1)
+        } else {
+            1
+        };
+        let mut n = 0;
+        loop {
+            n += 1;
+            match self.read_once(lba, blocks).await {
+                Err(e) if n < tries && !matches!(e, EngineError::OutOfRange { .. }) => {
+                    tracing::debug!(volume = %self.name, lba, "mirror read failed, trying another leg: {e}");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn read_once(&self, lba: u64, blocks: u64) -> Result<Bytes, EngineError> {
         let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
         let total = (blocks * self.block_size as u64) as usize;
         let backends = self.backends();

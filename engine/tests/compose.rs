@@ -280,3 +280,23 @@ async fn writes_during_resync_reach_the_resyncing_leg() {
         raw(&backends[1], 0, LEG_BLOCKS)
     );
 }
+
+#[tokio::test]
+async fn mirror_reads_fail_over_to_another_leg() {
+    let legs = [faulty(64), faulty(64)];
+    let backends: Vec<Arc<dyn Backend>> = legs.iter().map(|l| l.clone() as _).collect();
+    let layout = Layout::Mirror {
+        legs: vec![backend(0), backend(1)],
+    };
+    let v = Volume::with_layout("m", backends, &layout, BS as u32, None).unwrap();
+    v.write(0, pattern(3, 4), false).await.unwrap();
+    legs[0].set_fail_reads(true);
+    let e = Exposure::new(v.clone());
+    for _ in 0..4 {
+        assert_eq!(v.read(0, 4).await.unwrap(), pattern(3, 4));
+        let a = e.admit(1, IoKind::Read, 0, 4).unwrap();
+        assert_eq!(a.read().await.unwrap(), pattern(3, 4));
+    }
+    legs[1].set_fail_reads(true);
+    assert!(v.read(0, 4).await.is_err());
+}
