@@ -20,6 +20,8 @@ enum Op {
     Read(u64, u64, bool),
     FailLeg(usize),
     Attach(usize),
+    /// Live migration onto a fresh backend, while a batch of writes runs.
+    Migrate(Vec<(u64, u64, bool)>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -29,6 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..130, 1u64..30, any::<bool>()).prop_map(|(l, n, f)| Op::Read(l, n, f)),
         1 => (0usize..4).prop_map(Op::FailLeg),
         1 => (0usize..4).prop_map(Op::Attach),
+        1 => prop::collection::vec((0u64..130, 1u64..20, any::<bool>()), 0..4).prop_map(Op::Migrate),
     ]
 }
 
@@ -167,6 +170,34 @@ async fn run(kind: u8, ops: Vec<Op>) {
     let legs: Vec<usize> = v.map().legs().iter().map(|l| l.0).collect();
     for op in ops {
         match op {
+            Op::Migrate(ws) => {
+                if v.is_mirrored() {
+                    assert!(v
+                        .migrate(Arc::new(MemBackend::new(n * BS as u64).unwrap()))
+                        .await
+                        .is_err());
+                    continue;
+                }
+                let v2 = v.clone();
+                let mig = tokio::spawn(async move {
+                    v2.migrate(Arc::new(MemBackend::new(n * BS as u64).unwrap()))
+                        .await
+                });
+                // Sequential writes during the copy: the model stays exact.
+                for (l, b, fp) in ws {
+                    let l = l % n;
+                    let b = b.min(n - l);
+                    next_id += 1;
+                    let d = write_data(next_id, l, b);
+                    do_write(&e, l, d.clone(), fp).await;
+                    model[l as usize * BS..(l + b) as usize * BS].copy_from_slice(&d);
+                }
+                mig.await.unwrap().unwrap();
+                assert!(
+                    v.read(0, n).await.unwrap()[..] == model[..],
+                    "migration lost data"
+                );
+            }
             Op::Batch(ws) => {
                 let ws: Vec<(u64, u64, bool, u32)> = ws
                     .into_iter()
