@@ -127,7 +127,6 @@ impl Volume {
         r?;
         // Done: only the new backend is referenced. Release the old ones
         // once nothing resolved through an older map is in flight.
-        let _cp = self.cp.lock().await;
         self.publish_and_drain(ExtentMap::single(
             nb,
             StorageDesc::Remap {

@@ -931,12 +931,9 @@ impl Volume {
     }
 
     /// Publishes a more restrictive map and waits until every I/O resolved
-    /// through an older one has finished.
+    /// through an older one has finished. Never call it holding `cp`.
     async fn publish_and_drain(&self, next: ExtentMap) {
-        let old = self.map.swap(Arc::new(next));
-        while Arc::strong_count(&old) > 1 {
-            tokio::time::sleep(Duration::from_micros(50)).await;
-        }
+        wait_drained(self.map.swap(Arc::new(next))).await;
     }
 
     /// Re-attaches a dead leg and resynchronises it: the leg takes writes at
@@ -944,7 +941,7 @@ impl Volume {
     /// last in sync has been copied to it from a live leg. Returns the
     /// bytes copied.
     pub async fn attach_leg(&self, id: usize) -> Result<u64, EngineError> {
-        let (since, list) = {
+        let (since, list, old) = {
             let _cp = self.cp.lock().await;
             let map = self.map.load_full();
             match map.legs().iter().find(|l| l.0 == id) {
@@ -970,13 +967,16 @@ impl Volume {
                 .map(|(r, _)| *r)
                 .collect();
             *self.meta.lock() = meta;
-            // Writes resolved before this could skip the leg; wait them out
-            // so every write from here on reaches it.
             let next = map.with_leg_state(id, LegState::Resync);
             drop(map);
-            self.publish_and_drain(next).await;
-            (since, list)
+            let old = self.map.swap(Arc::new(next));
+            (since, list, old)
         };
+        // Writes resolved before the swap could skip the leg: wait them out
+        // so every write from here on reaches it. Not under the CP lock: a
+        // write holding a range lock may need it (FoW stamping) while an
+        // admission under the old map waits for that range.
+        wait_drained(old).await;
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
         let ranges: Vec<(u64, u64)> = list
@@ -1010,6 +1010,12 @@ impl Volume {
             return Err(e);
         }
         let _cp = self.cp.lock().await;
+        // The leg may have failed again (or been failed by hand) meanwhile.
+        if !self.map.load().legs().contains(&(id, LegState::Resync)) {
+            return Err(EngineError::Io(std::io::Error::other(
+                "leg left resync before it completed",
+            )));
+        }
         let mut map = self.map.load_full().with_leg_state(id, LegState::Up);
         let mut meta = self.meta.lock().clone();
         let gen = meta.generation;
@@ -1185,6 +1191,14 @@ impl Volume {
         self.map.store(Arc::new(self.map.load().grown(nblocks)));
         self.nblocks.store(nblocks, Ordering::Release);
         Ok(())
+    }
+}
+
+/// Waits until nobody but us holds `old` (I/Os admitted or resolved
+/// through it hold a clone).
+async fn wait_drained(old: Arc<ExtentMap>) {
+    while Arc::strong_count(&old) > 1 {
+        tokio::time::sleep(Duration::from_micros(50)).await;
     }
 }
 
