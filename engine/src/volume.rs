@@ -1342,7 +1342,17 @@ impl HostIo {
         if let Some(tags) = &self.tags {
             let legs: BTreeSet<usize> = targets.iter().filter_map(|t| t.leg).collect();
             if !legs.is_empty() {
-                let tag = self.issue(tags);
+                let tag = match self.issue(tags) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // No leg got anything: fail the write as unmirrored.
+                        let t = Target {
+                            leg: None,
+                            ..targets[0]
+                        };
+                        return (vec![(t, e)], None);
+                    }
+                };
                 used = Some(tag);
                 let e = TagEntry {
                     tag,
@@ -1405,11 +1415,18 @@ impl HostIo {
     }
 
     /// A fresh tag; when its slot is still taken, retires what is waiting
-    /// (or waits for in-flight writes to finish).
-    fn issue(&self, tags: &Tags) -> u64 {
+    /// (or waits for in-flight writes to finish). Gives up after a while
+    /// (retirement keeps failing): the write then fails rather than hang.
+    fn issue(&self, tags: &Tags) -> std::io::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(t) = tags.issue() {
-                return t;
+                return Ok(t);
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(
+                    "tag table full: retirement is failing",
+                ));
             }
             let batch = tags.take_done();
             if batch.is_empty() || retire_batch(&self.backends, tags, &batch, &self.live).is_err() {
