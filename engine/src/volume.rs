@@ -1346,11 +1346,12 @@ impl HostIo {
                     Ok(t) => t,
                     Err(e) => {
                         // No leg got anything: fail the write as unmirrored.
-                        let t = Target {
-                            leg: None,
-                            ..targets[0]
-                        };
-                        return (vec![(t, e)], None);
+                        let failed = targets
+                            .first()
+                            .map(|t| (Target { leg: None, ..*t }, e))
+                            .into_iter()
+                            .collect();
+                        return (failed, None);
                     }
                 };
                 used = Some(tag);
