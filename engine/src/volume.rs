@@ -1336,67 +1336,89 @@ impl HostIo {
         data: Option<&[u8]>,
         fua: bool,
     ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
-        let mut failures = Vec::new();
-        let mut bad = BTreeSet::new();
-        let mut used = None;
-        if let Some(tags) = &self.tags {
-            let legs: BTreeSet<usize> = targets.iter().filter_map(|t| t.leg).collect();
-            if !legs.is_empty() {
-                let tag = match self.issue(tags) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        // No leg got anything: fail the write as unmirrored.
-                        let failed = targets
-                            .first()
-                            .map(|t| (Target { leg: None, ..*t }, e))
-                            .into_iter()
-                            .collect();
-                        return (failed, None);
-                    }
-                };
-                used = Some(tag);
-                let e = TagEntry {
-                    tag,
-                    lba: self.lba,
-                    blocks: self.blocks,
-                };
-                // Each entry is a synchronous write: record the legs' entries
-                // in parallel so the cost is one device round trip, not N.
-                let results: Vec<(usize, std::io::Result<()>)> = std::thread::scope(|sc| {
-                    let handles: Vec<_> = legs
-                        .iter()
-                        .map(|&l| {
-                            let t = tags.tables.get(&l);
-                            sc.spawn(move || (l, t.map_or(Ok(()), |t| t.record(&e))))
-                        })
-                        .collect();
-                    handles
+        let mut groups: BTreeMap<Option<usize>, Vec<Target>> = BTreeMap::new();
+        for t in targets {
+            groups.entry(t.leg).or_default().push(*t);
+        }
+        let mirrored = groups.keys().any(|k| k.is_some());
+        let mut entry = None;
+        if let (Some(tags), true) = (&self.tags, mirrored) {
+            match self.issue(tags) {
+                Ok(tag) => {
+                    entry = Some(TagEntry {
+                        tag,
+                        lba: self.lba,
+                        blocks: self.blocks,
+                    })
+                }
+                Err(e) => {
+                    // No leg got anything: fail the write as unmirrored.
+                    let failed = targets
+                        .first()
+                        .map(|t| (Target { leg: None, ..*t }, e))
                         .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                (
-                                    usize::MAX,
-                                    Err(std::io::Error::other("tag writer panicked")),
-                                )
-                            })
+                        .collect();
+                    return (failed, None);
+                }
+            }
+        }
+        let used = entry.map(|e| e.tag);
+        // Synchronous legs (a tag entry, or FUA data) run in parallel, one
+        // thread per leg, so a mirrored write costs one device round trip,
+        // not one per leg. Page-cache writes are cheaper than a thread.
+        if mirrored && groups.len() > 1 && (entry.is_some() || fua) {
+            let failures = std::thread::scope(|sc| {
+                let handles: Vec<_> = groups
+                    .iter()
+                    .map(|(leg, ts)| sc.spawn(move || self.leg_io(*leg, ts, entry, data, fua)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            targets
+                                .first()
+                                .map(|t| {
+                                    (
+                                        Target { leg: None, ..*t },
+                                        std::io::Error::other("leg writer panicked"),
+                                    )
+                                })
+                                .into_iter()
+                                .collect()
                         })
-                        .collect()
-                });
-                for (l, r) in results {
-                    if let Err(err) = r {
-                        bad.insert(l);
-                        if let Some(t) = targets.iter().find(|t| t.leg == Some(l)) {
-                            failures.push((*t, err));
-                        }
-                    }
+                    })
+                    .collect()
+            });
+            return (failures, used);
+        }
+        let failures = groups
+            .iter()
+            .flat_map(|(leg, ts)| self.leg_io(*leg, ts, entry, data, fua))
+            .collect();
+        (failures, used)
+    }
+
+    /// One leg's share of a host write: its tag entry first (durably), then
+    /// its data. A leg whose entry cannot be recorded gets no data.
+    fn leg_io(
+        &self,
+        leg: Option<usize>,
+        targets: &[Target],
+        entry: Option<TagEntry>,
+        data: Option<&[u8]>,
+        fua: bool,
+    ) -> Vec<(Target, std::io::Error)> {
+        if let (Some(l), Some(e), Some(tags)) = (leg, entry, &self.tags) {
+            if let Some(table) = tags.tables.get(&l) {
+                if let Err(err) = table.record(&e) {
+                    return targets.first().map(|t| (*t, err)).into_iter().collect();
                 }
             }
         }
         let bs = self.bs;
+        let mut failures = Vec::new();
         for t in targets {
-            if t.leg.is_some_and(|l| bad.contains(&l)) {
-                continue;
-            }
             let r = match (backend_of(&self.backends, t), data) {
                 (Err(e), _) => Err(to_io(e)),
                 (Ok(b), None) => b.discard(t.offset, t.blocks * bs),
@@ -1412,7 +1434,7 @@ impl HostIo {
                 failures.push((*t, e));
             }
         }
-        (failures, used)
+        failures
     }
 
     /// A fresh tag; when its slot is still taken, retires what is waiting
