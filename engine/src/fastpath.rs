@@ -191,10 +191,9 @@ impl Exposure {
         if targets.iter().any(|t| t.backend >= vol.backends().len()) {
             return Err(FaultReason::NoMapping);
         }
-        drop(map);
         Ok(Admission {
             _access: access,
-            map: vol.map(),
+            map,
             volume: vol.clone(),
             targets,
             bytes: (blocks * bs) as usize,
