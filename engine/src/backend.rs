@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -415,6 +415,116 @@ impl Backend for MemBackend {
 
     fn describe(&self) -> String {
         format!("memory:{}", self.len())
+    }
+}
+
+/// A backend wrapper that injects faults, for tests: failing writes or
+/// reads, added latency, and "drop" mode, where writes report success but
+/// never reach the store (a crash between legs, seen from the other leg).
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: std::sync::Arc<dyn Backend>,
+    fail_writes: AtomicBool,
+    fail_reads: AtomicBool,
+    drop_writes: AtomicBool,
+    latency_us: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl FaultyBackend {
+    pub fn new(inner: std::sync::Arc<dyn Backend>) -> Self {
+        Self {
+            inner,
+            fail_writes: AtomicBool::new(false),
+            fail_reads: AtomicBool::new(false),
+            drop_writes: AtomicBool::new(false),
+            latency_us: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_fail_writes(&self, on: bool) {
+        self.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    pub fn set_fail_reads(&self, on: bool) {
+        self.fail_reads.store(on, Ordering::SeqCst);
+    }
+
+    pub fn set_drop_writes(&self, on: bool) {
+        self.drop_writes.store(on, Ordering::SeqCst);
+    }
+
+    pub fn set_latency(&self, d: std::time::Duration) {
+        self.latency_us
+            .store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Writes that reached the store.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    fn delay(&self) {
+        let us = self.latency_us.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
+    }
+}
+
+fn injected() -> io::Error {
+    io::Error::other("injected fault")
+}
+
+impl Backend for FaultyBackend {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.delay();
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> io::Result<()> {
+        self.delay();
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        if self.drop_writes.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write_at(offset, buf, fua)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        if self.drop_writes.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.discard(offset, len)
+    }
+
+    fn grow(&self, new_len: u64) -> io::Result<()> {
+        self.inner.grow(new_len)
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty:{}", self.inner.describe())
     }
 }
 

@@ -9,11 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::Backend;
 use crate::error::EngineError;
-use crate::extent::StorageDesc;
+use crate::extent::{ExtentMap, Route, Target};
 use crate::fault::FaultReason;
-use crate::volume::{blocking, Volume};
+use crate::volume::{backend_of, blocking, read_targets, Volume};
 use crate::NexusId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +93,14 @@ pub struct Exposure {
 }
 
 /// An I/O admitted to the fast path. It holds the access state and map it was
-/// admitted under, so a restrictive change can wait for it to drain.
+/// admitted under, so a restrictive change can wait for it to drain, and
+/// the downstream I/Os the map resolved it to: one for a remap or a stripe
+/// unit, one per writable leg for a mirrored write.
 pub struct Admission {
     _access: Arc<AccessState>,
+    map: Arc<ExtentMap>,
     volume: Arc<Volume>,
-    backend: Arc<dyn Backend>,
-    offset: u64,
+    targets: Vec<Target>,
     bytes: usize,
     lba: u64,
     blocks: u64,
@@ -152,7 +153,7 @@ impl Exposure {
         if blocks == 0 || vol.check_range(lba, blocks).is_err() {
             return Err(FaultReason::OutOfRange);
         }
-        let map = vol.map_guard();
+        let map = vol.map();
         let (ext, red) = map.lookup(lba).ok_or(FaultReason::NoMapping)?;
         if lba + blocks > ext.end() {
             return Err(FaultReason::CrossesBoundary);
@@ -162,18 +163,39 @@ impl Exposure {
             IoKind::Write if red.fault_on_write => return Err(FaultReason::FaultOnWrite),
             _ => {}
         }
+        if kind == IoKind::Write {
+            if let Some(j) = vol.write_journal() {
+                if !j.has_room((blocks * vol.block_size() as u64) as usize) {
+                    return Err(FaultReason::JournalFull);
+                }
+            }
+        }
+        let pos = ext.pos(lba);
+        // One downstream I/O per leg: a stripe-unit crossing goes to the
+        // control path, which splits it (see README, "Stripe crossings").
+        if !red.desc.within_unit(pos, blocks) {
+            return Err(FaultReason::CrossesBoundary);
+        }
+        let route = match kind {
+            IoKind::Read => Route::Read(vol.next_read_pick()),
+            IoKind::Write => Route::Write,
+        };
         let bs = vol.block_size() as u64;
-        let StorageDesc::Remap { backend, offset } = &red.desc;
-        let backend = vol
-            .backends()
-            .get(*backend)
-            .ok_or(FaultReason::NoMapping)?
-            .clone();
+        let mut targets = Vec::with_capacity(2);
+        if !red
+            .desc
+            .resolve(pos, blocks, 0, bs, route, None, &mut targets)
+        {
+            return Err(FaultReason::NoMapping);
+        }
+        if targets.iter().any(|t| t.backend >= vol.backends().len()) {
+            return Err(FaultReason::NoMapping);
+        }
         Ok(Admission {
             _access: access,
+            map,
             volume: vol.clone(),
-            backend,
-            offset: offset + (lba - ext.start) * bs,
+            targets,
             bytes: (blocks * bs) as usize,
             lba,
             blocks,
@@ -202,21 +224,42 @@ impl Admission {
         self.bytes
     }
 
+    /// The single target covering the whole I/O, when there is just one.
+    fn whole_target(&self) -> Option<&Target> {
+        match self.targets.as_slice() {
+            [t] if t.buf_block == 0 && t.blocks == self.blocks => Some(t),
+            _ => None,
+        }
+    }
+
     pub async fn read(self) -> Result<Bytes, EngineError> {
+        let bs = self.volume.block_size() as u64;
+        let (vol, lba, blocks) = (self.volume.clone(), self.lba, self.blocks);
         let mut buf = BytesMut::zeroed(self.bytes);
         // A page-cache hit cannot block: serve it here and skip the hop to
         // the blocking pool, which costs more than the copy.
-        if self.backend.try_read_nowait(self.offset, &mut buf)? {
-            self.volume.counters.fast_path_hit();
-            return Ok(buf.freeze());
+        if let Some(t) = self.whole_target() {
+            let backends = self.volume.backends();
+            if backend_of(&backends, t)?.try_read_nowait(t.offset, &mut buf)? {
+                self.volume.counters.fast_path_hit();
+                return Ok(buf.freeze());
+            }
         }
         let r = blocking(move || {
-            self.backend.read_at(self.offset, &mut buf)?;
+            read_targets(&self.volume.backends(), &self.targets, &mut buf, bs)?;
             self.volume.counters.fast_path_hit();
             Ok(buf)
         })
-        .await?;
-        Ok(r.freeze())
+        .await;
+        match r {
+            Ok(b) => Ok(b.freeze()),
+            // A mirror leg failed the read: the control path tries the others.
+            Err(_) if vol.is_mirrored() => {
+                vol.counters.fault(FaultReason::BackendError);
+                vol.read(lba, blocks).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn write(self, data: Bytes, fua: bool) -> Result<(), EngineError> {
@@ -226,29 +269,55 @@ impl Admission {
                 expected: self.bytes,
             });
         }
-        // Waits only while an atomic command holds an overlapping range;
-        // otherwise an atomic counter.
-        let guard = self.volume.locks().write(self.lba, self.blocks).await;
-        // Without FUA, what the page cache takes without blocking is done
-        // here; only the rest (if any) goes to the blocking pool.
-        let done = if fua {
-            0
-        } else {
-            self.backend.try_write_nowait(self.offset, &data)?
-        };
-        if done == data.len() {
-            drop(guard);
-            self.volume.counters.fast_path_hit();
-            return Ok(());
+        // Unmirrored: waits only while an atomic command holds an
+        // overlapping range, otherwise an atomic counter. Mirrored: exclusive
+        // over the range, so overlapping writes reach every leg in one order.
+        let guard = self.volume.write_lock(self.lba, self.blocks).await;
+        // Write splitting into the journal first (a full one is swapped by
+        // the control path inside).
+        self.volume.journal_append(self.lba, &data, fua).await?;
+        // One plain target without FUA: what the page cache takes without
+        // blocking is written here; only a remainder goes to the pool.
+        if !fua && !self.volume.is_mirrored() {
+            if let Some(t) = self.whole_target() {
+                let backends = self.volume.backends();
+                let b = backend_of(&backends, t)?.clone();
+                let offset = t.offset;
+                let done = b.try_write_nowait(offset, &data)?;
+                if done < data.len() {
+                    blocking(move || Ok(b.write_at(offset + done as u64, &data[done..], false)?))
+                        .await?;
+                }
+                self.volume.counters.fast_path_hit();
+                drop(guard);
+                return Ok(());
+            }
         }
-        blocking(move || {
-            let _guard = guard;
-            self.backend
-                .write_at(self.offset + done as u64, &data[done..], fua)?;
-            self.volume.counters.fast_path_hit();
-            Ok(())
+        let Admission {
+            map,
+            volume,
+            targets,
+            lba,
+            blocks,
+            ..
+        } = self;
+        let io = volume.host_io(&map, lba, blocks);
+        let vol = volume.clone();
+        let (failures, tag) = blocking(move || {
+            let (f, tag) = io.apply(&targets, Some(&data), fua);
+            if f.is_empty() {
+                vol.counters.fast_path_hit();
+            }
+            Ok((f, tag))
         })
-        .await
+        .await?;
+        volume.finish_tag(tag);
+        // Drop the map before the control path runs: it may wait for
+        // holders of older maps to drain.
+        drop(map);
+        let r = volume.complete_write(lba, blocks, failures).await;
+        drop(guard);
+        r
     }
 }
 

@@ -14,18 +14,25 @@ pub mod extent;
 pub mod fastpath;
 pub mod fault;
 pub mod journal;
+pub mod layout;
+pub mod mirror;
 pub mod rangelock;
 pub mod reservation;
+pub mod tags;
 pub mod volume;
+pub mod wjournal;
 
-pub use backend::{Backend, FileBackend, MemBackend};
+pub use backend::{Backend, FaultyBackend, FileBackend, MemBackend};
 pub use control::{LuControl, Notice};
 pub use error::EngineError;
+pub use extent::LegState;
 pub use fastpath::{Access, AccessState, Admission, Exposure, IoKind};
 pub use fault::{FaultCounters, FaultReason};
+pub use layout::Layout;
+pub use mirror::ResyncStatus;
 pub use rangelock::{RangeGuard, RangeLocks};
 pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
-pub use volume::Volume;
+pub use volume::{MirrorStatus, ReconcileReport, Volume};
 
 /// Identity of an I_T nexus (or NVMe host/controller pair), assigned by the
 /// front end. The engine only compares these.

@@ -1,59 +1,359 @@
 //! Volumes: a block address space executed from an extent map.
+//!
+//! The control-path entry points here (`read`, `write`, `discard`, ...)
+//! accept any range and split it across extents, stripe units and mirror
+//! legs. They are also the fault handlers: a fast-path fault re-issues the
+//! I/O here, where fault-on-write stamps the age list and a failed mirror
+//! leg is marked dead before the host sees status.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::Backend;
 use crate::error::EngineError;
-use crate::extent::{ExtentMap, StorageDesc};
+use crate::extent::{ExtentMap, LegState, Route, StorageDesc, Target};
 use crate::fault::FaultCounters;
 use crate::journal::Journal;
+use crate::layout::{Compiled, Layout};
+use crate::mirror::{MirrorMeta, ResyncStatus};
 use crate::rangelock::{RangeGuard, RangeLocks};
+use crate::tags::{TagEntry, TagTable, Tags};
+use crate::wjournal::{AppendError, JEntry, WriteJournal};
+
+#[path = "migrate.rs"]
+mod migrate;
+pub use migrate::MigrationStatus;
 
 #[derive(Debug)]
 pub struct Volume {
     name: String,
     block_size: u32,
     nblocks: AtomicU64,
-    backends: Vec<Arc<dyn Backend>>,
+    /// Swapped (never shrunk) by migration; targets index into it.
+    backends: ArcSwap<Vec<Arc<dyn Backend>>>,
     map: ArcSwap<ExtentMap>,
     pub counters: FaultCounters,
     /// Every write holds its range here; atomic commands hold it exclusively.
     locks: Arc<RangeLocks>,
     /// Write-ahead journal for atomic writes, when the volume has one.
     journal: Arc<parking_lot::Mutex<Option<Journal>>>,
+    /// Some leg is mirrored: writes are serialized per range (see `write`).
+    mirrored: bool,
+    /// One backend remapped 1:1 (the only shape that can grow).
+    plain: bool,
+    /// Unit of fault-on-write, age stamps and resync copies.
+    region_blocks: u64,
+    /// Round-robin cursor for mirror reads.
+    rr: AtomicU64,
+    /// Copy of `meta.generation` readable without the lock.
+    generation: AtomicU64,
+    /// Durable mirror state; changed only by the control path under `cp`.
+    meta: parking_lot::Mutex<MirrorMeta>,
+    meta_path: Option<PathBuf>,
+    /// Serializes control-path metadata changes.
+    cp: tokio::sync::Mutex<()>,
+    resync: parking_lot::Mutex<ResyncRun>,
+    /// Bytes resyncs have copied since open (tests and metrics).
+    resync_copied: AtomicU64,
+    /// Tagged mirror writes, when the legs have tag tables.
+    tags: Option<Arc<Tags>>,
+    /// What crash reconciliation found and copied at open.
+    reconcile: parking_lot::Mutex<ReconcileReport>,
+    /// Write journaling: the journal every host write is also appended to.
+    wjournal: arc_swap::ArcSwapOption<WriteJournal>,
+    /// Empty journals to swap in when the active one fills.
+    wj_spares: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
+    /// Full journals swapped out, waiting for a copy agent.
+    wj_sealed: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
+    migration: parking_lot::Mutex<MigrationStatus>,
 }
 
-/// One piece of an I/O resolved through the map.
-struct Piece {
-    backend: Arc<dyn Backend>,
-    offset: u64,
-    bytes: usize,
+/// The outcome of tag reconciliation at open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Tag entries every leg of their mirror held (nothing to do).
+    pub matched: u64,
+    /// Entries only some legs held: their ranges were copied.
+    pub unmatched: u64,
+    pub copied_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct ResyncRun {
+    leg: Option<usize>,
+    active: bool,
+    done: u64,
+    total: u64,
+    started: Option<Instant>,
+    elapsed: Duration,
+}
+
+/// Leg states and generation, for metrics and admin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorStatus {
+    pub generation: u64,
+    pub legs: Vec<(usize, LegState)>,
+    /// Regions written while degraded (what a resync would copy).
+    pub stale_regions: usize,
+    pub region_blocks: u64,
+    pub resync: ResyncStatus,
+}
+
+fn invalid(msg: &str) -> EngineError {
+    EngineError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        msg.to_string(),
+    ))
 }
 
 impl Volume {
     /// A volume that is one backend, remapped 1:1.
     pub fn simple(name: &str, backend: Arc<dyn Backend>, block_size: u32) -> Arc<Self> {
-        let nblocks = backend.len() / block_size as u64;
-        Arc::new(Self {
-            name: name.to_string(),
-            block_size,
-            nblocks: AtomicU64::new(nblocks),
-            map: ArcSwap::from_pointee(ExtentMap::single(
+        let nblocks = backend.len() / block_size.max(1) as u64;
+        let compiled = Compiled {
+            map: ExtentMap::single(
                 nblocks,
                 StorageDesc::Remap {
                     backend: 0,
                     offset: 0,
                 },
-            )),
-            backends: vec![backend],
+            ),
+            nblocks,
+            region_blocks: nblocks.max(1),
+            mirrored: false,
+        };
+        Arc::new(Self::build(
+            name,
+            vec![backend],
+            compiled,
+            block_size,
+            MirrorMeta::default(),
+            None,
+        ))
+    }
+
+    /// A volume composed from `backends` by `layout`. With `meta_path`, the
+    /// mirror state (leg states, generation, age list) is kept there and
+    /// reloaded: a leg that was dead stays dead until re-attached.
+    pub fn with_layout(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        layout: &Layout,
+        block_size: u32,
+        meta_path: Option<&Path>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let mut compiled = layout.compile(&backends, block_size)?;
+        let loaded = match meta_path {
+            Some(p) if compiled.mirrored => MirrorMeta::load(p)?,
+            _ => None,
+        };
+        let mut meta = MirrorMeta::default();
+        for (id, _) in compiled.map.legs() {
+            meta.legs.insert(id, (LegState::Up, 0));
+        }
+        if let Some(m) = loaded {
+            meta.generation = m.generation;
+            meta.ages = m.ages;
+            for (id, (st, g)) in m.legs {
+                if let Some(e) = meta.legs.get_mut(&id) {
+                    // A resync does not survive a restart: the leg goes back
+                    // to dead and is copied again when re-attached.
+                    let st = if st == LegState::Resync {
+                        LegState::Dead
+                    } else {
+                        st
+                    };
+                    *e = (st, g);
+                    compiled.map = compiled.map.with_leg_state(id, st);
+                }
+            }
+            if meta.legs.values().any(|l| l.0 != LegState::Up) {
+                let region = compiled.region_blocks;
+                let gen = meta.generation;
+                let ages = meta.ages.clone();
+                compiled.map = compiled.map.with_fow(true, |_, e| {
+                    ages.get(&(e.start / region)).copied() != Some(gen)
+                });
+            }
+        }
+        if let (Some(p), true) = (meta_path, compiled.mirrored) {
+            meta.save(p)?;
+        }
+        let v = Self::build(
+            name,
+            backends,
+            compiled,
+            block_size,
+            meta,
+            meta_path.map(Path::to_path_buf),
+        );
+        Ok(Arc::new(v))
+    }
+
+    /// Like [`Volume::with_layout`], with a tag table per mirror leg
+    /// (`tag_stores[leg id]`, each at least [`crate::tags::store_bytes`]).
+    /// Before returning, reconciles the legs after a crash: every range a
+    /// write reached on some legs of a mirror but not all is copied from a
+    /// leg that has it. No host I/O can run until this returns.
+    pub fn with_layout_tagged(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        layout: &Layout,
+        block_size: u32,
+        meta_path: Option<&Path>,
+        tag_stores: BTreeMap<usize, Arc<dyn Backend>>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let v = Self::with_layout(name, backends, layout, block_size, meta_path)?;
+        let mut v = Arc::try_unwrap(v).map_err(|_| invalid("volume shared while opening"))?;
+        if !v.mirrored || tag_stores.is_empty() {
+            return Ok(Arc::new(v));
+        }
+        let legs = v.map.load().legs();
+        let mut tables = BTreeMap::new();
+        for (id, _) in &legs {
+            let store = tag_stores
+                .get(id)
+                .ok_or_else(|| invalid("a mirror leg has no tag store"))?;
+            tables.insert(*id, TagTable::new(store.clone())?);
+        }
+        let next = v.reconcile_tags(&tables)?;
+        v.tags = Some(Arc::new(Tags::new(tables, next)));
+        Ok(Arc::new(v))
+    }
+
+    /// Compares the Up legs' tag tables per mirror and copies unmatched
+    /// ranges; then empties the Up legs' tables. Returns the next tag.
+    fn reconcile_tags(&self, tables: &BTreeMap<usize, TagTable>) -> Result<u64, EngineError> {
+        let map = self.map.load_full();
+        let up: BTreeSet<usize> = map
+            .legs()
+            .into_iter()
+            .filter(|l| l.1 == LegState::Up)
+            .map(|l| l.0)
+            .collect();
+        let mut entries = BTreeMap::new();
+        let mut max_tag = 0;
+        for (id, t) in tables {
+            let es = t.entries()?;
+            max_tag = es.iter().map(|e| e.tag).max().unwrap_or(0).max(max_tag);
+            if up.contains(id) {
+                entries.insert(*id, es);
+            }
+        }
+        let groups: Vec<Vec<usize>> = map
+            .mirror_groups()
+            .into_iter()
+            .map(|g| g.into_iter().filter(|l| up.contains(l)).collect::<Vec<_>>())
+            .filter(|g| g.len() > 1)
+            .collect();
+        let todo = crate::tags::unmatched(&groups, &entries);
+        let bs = self.block_size as u64;
+        let nb = self.num_blocks();
+        let mut report = ReconcileReport::default();
+        for (e, src, lacking) in &todo {
+            if e.lba >= nb {
+                continue;
+            }
+            let blocks = e.blocks.min(nb - e.lba);
+            let (_m1, from) = self.resolve(e.lba, blocks, Route::Leg(*src))?;
+            let mut buf = vec![0u8; (blocks * bs) as usize];
+            read_targets(&self.backends(), &from, &mut buf, bs)?;
+            for l in lacking {
+                let (_m2, to) = self.resolve(e.lba, blocks, Route::Leg(*l))?;
+                if let Some((_, err)) = write_targets(&self.backends(), &to, &buf, true, bs)
+                    .into_iter()
+                    .next()
+                {
+                    return Err(EngineError::Io(err));
+                }
+                report.copied_bytes += to.iter().map(|t| t.blocks * bs).sum::<u64>();
+            }
+            report.unmatched += 1;
+        }
+        // Distinct entries per mirror, less the unmatched ones.
+        report.matched = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|l| entries.get(l))
+                    .flatten()
+                    .collect::<BTreeSet<_>>()
+                    .len() as u64
+            })
+            .sum::<u64>()
+            - todo.len() as u64;
+        if !todo.is_empty() {
+            tracing::warn!(volume = %self.name, ranges = report.unmatched, bytes = report.copied_bytes,
+                "mirror legs reconciled after a crash");
+        }
+        for b in self.backends().iter() {
+            b.flush()?;
+        }
+        for id in &up {
+            if let Some(t) = tables.get(id) {
+                t.wipe()?;
+            }
+        }
+        *self.reconcile.lock() = report;
+        Ok(max_tag + 1)
+    }
+
+    /// What reconciliation did when the volume was opened.
+    pub fn reconcile_report(&self) -> ReconcileReport {
+        self.reconcile.lock().clone()
+    }
+
+    /// Tag entries issued but not yet retired.
+    pub fn unretired_tags(&self) -> usize {
+        self.tags.as_ref().map_or(0, |t| t.unretired())
+    }
+
+    fn build(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        c: Compiled,
+        block_size: u32,
+        meta: MirrorMeta,
+        meta_path: Option<PathBuf>,
+    ) -> Self {
+        let plain = backends.len() == 1
+            && c.map.extents().len() == 1
+            && matches!(
+                c.map.redirects().first().map(|r| &r.desc),
+                Some(StorageDesc::Remap { offset: 0, .. })
+            );
+        Self {
+            name: name.to_string(),
+            block_size,
+            nblocks: AtomicU64::new(c.nblocks),
+            backends: ArcSwap::from_pointee(backends),
+            map: ArcSwap::from_pointee(c.map),
             counters: FaultCounters::default(),
             locks: RangeLocks::new(),
             journal: Arc::new(parking_lot::Mutex::new(None)),
-        })
+            mirrored: c.mirrored,
+            plain,
+            region_blocks: c.region_blocks,
+            rr: AtomicU64::new(0),
+            generation: AtomicU64::new(meta.generation),
+            meta: parking_lot::Mutex::new(meta),
+            meta_path,
+            cp: tokio::sync::Mutex::new(()),
+            resync: parking_lot::Mutex::new(ResyncRun::default()),
+            resync_copied: AtomicU64::new(0),
+            tags: None,
+            reconcile: parking_lot::Mutex::new(ReconcileReport::default()),
+            wjournal: arc_swap::ArcSwapOption::empty(),
+            wj_spares: parking_lot::Mutex::new(Vec::new()),
+            wj_sealed: parking_lot::Mutex::new(Vec::new()),
+            migration: parking_lot::Mutex::new(MigrationStatus::default()),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -68,16 +368,28 @@ impl Volume {
         self.nblocks.load(Ordering::Acquire)
     }
 
-    pub fn backends(&self) -> &[Arc<dyn Backend>] {
-        &self.backends
+    pub fn backends(&self) -> Arc<Vec<Arc<dyn Backend>>> {
+        self.backends.load_full()
     }
 
     pub fn map(&self) -> Arc<ExtentMap> {
         self.map.load_full()
     }
 
-    pub(crate) fn map_guard(&self) -> arc_swap::Guard<Arc<ExtentMap>> {
-        self.map.load()
+    pub fn is_mirrored(&self) -> bool {
+        self.mirrored
+    }
+
+    pub fn region_blocks(&self) -> u64 {
+        self.region_blocks
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_read_pick(&self) -> u64 {
+        self.rr.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A stable 64-bit identity derived from the volume's name, used for
@@ -104,9 +416,17 @@ impl Volume {
         }
     }
 
-    fn resolve(&self, lba: u64, blocks: u64) -> Result<Vec<Piece>, EngineError> {
+    /// Resolves a range through the current map into downstream targets.
+    /// The map is returned so the caller holds it until the I/O is done: a
+    /// restrictive map change waits for such holders to drain.
+    pub(crate) fn resolve(
+        &self,
+        lba: u64,
+        blocks: u64,
+        route: Route,
+    ) -> Result<(Arc<ExtentMap>, Vec<Target>), EngineError> {
         self.check_range(lba, blocks)?;
-        let map = self.map.load();
+        let map = self.map.load_full();
         let bs = self.block_size as u64;
         let mut out = Vec::new();
         let mut cur = lba;
@@ -114,35 +434,49 @@ impl Volume {
         while cur < end {
             let (ext, red) = map.lookup(cur).ok_or(EngineError::Unmapped(cur))?;
             let n = ext.end().min(end) - cur;
-            match &red.desc {
-                StorageDesc::Remap { backend, offset } => {
-                    let b = self
-                        .backends
-                        .get(*backend)
-                        .ok_or(EngineError::Unmapped(cur))?;
-                    out.push(Piece {
-                        backend: b.clone(),
-                        offset: offset + (cur - ext.start) * bs,
-                        bytes: (n * bs) as usize,
-                    });
-                }
+            if !red
+                .desc
+                .resolve(ext.pos(cur), n, cur - lba, bs, route, None, &mut out)
+            {
+                return Err(EngineError::Io(std::io::Error::other(
+                    "no live mirror leg for this range",
+                )));
             }
             cur += n;
         }
-        Ok(out)
+        Ok((map, out))
     }
 
-    /// Control-path read: any range inside the volume, across extents.
+    /// Control-path read: any range inside the volume, across extents. On
+    /// a mirror a failed read is retried on the other legs (the round-robin
+    /// cursor moves on every attempt).
     pub async fn read(&self, lba: u64, blocks: u64) -> Result<Bytes, EngineError> {
-        let pieces = self.resolve(lba, blocks)?;
-        let total = (blocks * self.block_size as u64) as usize;
-        let buf = blocking(move || {
-            let mut buf = BytesMut::zeroed(total);
-            let mut at = 0usize;
-            for p in pieces {
-                p.backend.read_at(p.offset, &mut buf[at..at + p.bytes])?;
-                at += p.bytes;
+        let tries = if self.mirrored {
+            self.map.load().legs().len().max(1)
+        } else {
+            1
+        };
+        let mut n = 0;
+        loop {
+            n += 1;
+            match self.read_once(lba, blocks).await {
+                Err(e) if n < tries && !matches!(e, EngineError::OutOfRange { .. }) => {
+                    tracing::debug!(volume = %self.name, lba, "mirror read failed, trying another leg: {e}");
+                }
+                r => return r,
             }
+        }
+    }
+
+    async fn read_once(&self, lba: u64, blocks: u64) -> Result<Bytes, EngineError> {
+        let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
+        let total = (blocks * self.block_size as u64) as usize;
+        let backends = self.backends();
+        let bs = self.block_size as u64;
+        let buf = blocking(move || {
+            let _map = map;
+            let mut buf = BytesMut::zeroed(total);
+            read_targets(&backends, &targets, &mut buf, bs)?;
             Ok(buf)
         })
         .await?;
@@ -154,6 +488,20 @@ impl Volume {
         &self.locks
     }
 
+    /// The lock a plain write takes. On a mirrored volume it is exclusive
+    /// over the range: two overlapping writes could otherwise reach the legs
+    /// in different orders (A then B on one leg, B then A on the other) and
+    /// leave them different forever. Exclusive range locks order overlapping
+    /// writes identically on every leg; disjoint writes still run in
+    /// parallel. Unmirrored volumes only need the shared lock.
+    pub(crate) async fn write_lock(&self, lba: u64, blocks: u64) -> RangeGuard {
+        if self.mirrored {
+            self.locks.exclusive(lba, blocks).await
+        } else {
+            self.locks.write(lba, blocks).await
+        }
+    }
+
     /// Locks `blocks` at `lba` exclusively: overlapping writes wait until the
     /// guard is dropped. Use [`Volume::write_locked`] to write under it.
     pub async fn lock_exclusive(&self, lba: u64, blocks: u64) -> RangeGuard {
@@ -163,7 +511,8 @@ impl Volume {
     /// Control-path write: any range inside the volume, across extents.
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
         let blocks = data.len() as u64 / self.block_size as u64;
-        let _g = self.locks.write(lba, blocks).await;
+        let _g = self.write_lock(lba, blocks).await;
+        self.journal_append(lba, &data, fua).await?;
         self.write_unlocked(lba, data, fua).await
     }
 
@@ -181,9 +530,9 @@ impl Volume {
                 "write outside the held range lock",
             )));
         }
+        self.journal_append(lba, &data, fua).await?;
         self.write_unlocked(lba, data, fua).await
     }
-
     /// A write no other write can tear, not even a crash: journaled first
     /// when the volume has a journal, and exclusive against other writes.
     pub async fn write_atomic(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
@@ -263,18 +612,21 @@ impl Volume {
         lba: u64,
         blocks: u64,
     ) -> Result<Vec<(u64, u64, bool)>, EngineError> {
-        let pieces = self.resolve(lba, blocks)?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Read(self.next_read_pick()))?;
         let bs = self.block_size as u64;
+        let backends = self.backends();
         blocking(move || {
+            let _map = map;
             let mut out: Vec<(u64, u64, bool)> = Vec::new();
-            let mut at = lba;
-            for p in pieces {
-                for (r, mapped) in p.backend.allocated(p.offset, p.bytes as u64)? {
-                    let s = at + (r.start - p.offset) / bs;
-                    let e = at + (r.end - p.offset).div_ceil(bs);
+            for t in targets {
+                let b = backend_of(&backends, &t)?;
+                let len = t.blocks * bs;
+                let at = lba + t.buf_block;
+                for (r, mapped) in b.allocated(t.offset, len)? {
+                    let s = at + (r.start - t.offset) / bs;
+                    let e = at + (r.end - t.offset).div_ceil(bs);
                     push_run(&mut out, s, e, mapped);
                 }
-                at += p.bytes as u64 / bs;
             }
             Ok(out)
         })
@@ -289,23 +641,424 @@ impl Volume {
                 expected: (data.len() as u64 / bs * bs) as usize,
             });
         }
-        let pieces = self.resolve(lba, data.len() as u64 / bs)?;
-        blocking(move || {
-            let mut at = 0usize;
-            for p in pieces {
-                p.backend.write_at(p.offset, &data[at..at + p.bytes], fua)?;
-                at += p.bytes;
-            }
-            Ok(())
+        let blocks = data.len() as u64 / bs;
+        self.check_range(lba, blocks)?;
+        self.stamp_if_fow(lba, blocks).await?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
+        let io = self.host_io(&map, lba, blocks);
+        let (failures, tag) = blocking(move || {
+            let _map = map;
+            Ok(io.apply(&targets, Some(&data), fua))
         })
-        .await
+        .await?;
+        self.finish_tag(tag);
+        self.complete_write(lba, blocks, failures).await
     }
 
-    /// Makes every completed write durable.
-    pub async fn flush(&self) -> Result<(), EngineError> {
-        let backends = self.backends.clone();
+    /// Turns on write journaling: every host write is appended to the
+    /// first journal before it is written in place; the others are spares.
+    pub fn attach_write_journals(&self, journals: Vec<Arc<WriteJournal>>) {
+        let mut it = journals.into_iter();
+        self.wjournal.store(it.next());
+        *self.wj_spares.lock() = it.collect();
+    }
+
+    /// Fraction of the active write journal in use (0 without one).
+    pub fn journal_fill_ratio(&self) -> f64 {
+        self.wjournal
+            .load()
+            .as_ref()
+            .map_or(0.0, |j| j.used() as f64 / j.capacity().max(1) as f64)
+    }
+
+    pub(crate) fn write_journal(&self) -> Option<Arc<WriteJournal>> {
+        self.wjournal.load_full()
+    }
+
+    /// Journals that filled up and were swapped out, for a copy agent; give
+    /// them back with [`Volume::recycle_journal`] once drained.
+    pub fn take_sealed_journals(&self) -> Vec<Arc<WriteJournal>> {
+        std::mem::take(&mut *self.wj_sealed.lock())
+    }
+
+    pub fn recycle_journal(&self, j: Arc<WriteJournal>) -> Result<(), EngineError> {
+        j.reset()?;
+        self.wj_spares.lock().push(j);
+        Ok(())
+    }
+
+    /// Appends a host write to the active journal. A full journal is the
+    /// journal-full fault: the control path seals it, swaps in an empty
+    /// spare and retries; with no spare left the write fails.
+    pub(crate) async fn journal_append(
+        &self,
+        lba: u64,
+        data: &Bytes,
+        fua: bool,
+    ) -> Result<(), EngineError> {
+        loop {
+            let Some(j) = self.wjournal.load_full() else {
+                return Ok(());
+            };
+            let d = data.clone();
+            let jj = j.clone();
+            let r = blocking(move || match jj.append(lba, &d, fua) {
+                Ok(_) => Ok(None),
+                Err(AppendError::Full) => Ok(Some(())),
+                Err(AppendError::Io(e)) => Err(EngineError::Io(e)),
+            })
+            .await?;
+            if r.is_none() {
+                return Ok(());
+            }
+            self.counters.fault(crate::fault::FaultReason::JournalFull);
+            let _cp = self.cp.lock().await;
+            // Someone else may have swapped already.
+            let cur = self.wjournal.load_full();
+            if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, &j)) {
+                let Some(spare) = self.wj_spares.lock().pop() else {
+                    return Err(EngineError::Io(std::io::Error::other(
+                        "write journal full and no empty journal to swap in",
+                    )));
+                };
+                if !spare.has_room(data.len()) {
+                    self.wj_spares.lock().push(spare);
+                    return Err(invalid("write larger than an empty journal"));
+                }
+                self.wjournal.store(Some(spare));
+                self.wj_sealed.lock().push(j);
+            }
+        }
+    }
+
+    /// Applies a journal's complete entries to the volume in order (after a
+    /// crash, or to bring a copy up to date). Returns how many.
+    pub async fn replay_journal(&self, j: Arc<WriteJournal>) -> Result<usize, EngineError> {
+        let entries: Vec<JEntry> = blocking(move || Ok(j.replay()?)).await?;
+        let n = entries.len();
+        for e in entries {
+            let blocks = e.data.len() as u64 / self.block_size as u64;
+            let _g = self.write_lock(e.lba, blocks).await;
+            self.write_unlocked(e.lba, Bytes::from(e.data), false)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// What a host write's downstream I/O needs, detached from `self` so it
+    /// can run on a blocking thread.
+    pub(crate) fn host_io(&self, map: &ExtentMap, lba: u64, blocks: u64) -> HostIo {
+        let live = match &self.tags {
+            Some(_) => map
+                .legs()
+                .into_iter()
+                .filter(|l| l.1 != LegState::Dead)
+                .map(|l| l.0)
+                .collect(),
+            None => Vec::new(),
+        };
+        HostIo {
+            backends: self.backends(),
+            tags: self.tags.clone(),
+            live,
+            lba,
+            blocks,
+            bs: self.block_size as u64,
+        }
+    }
+
+    /// A tagged write finished on every leg: queue its entry for
+    /// retirement; a full batch is retired in the background, after the
+    /// data it covers is flushed.
+    pub(crate) fn finish_tag(&self, tag: Option<u64>) {
+        let (Some(tag), Some(tags)) = (tag, &self.tags) else {
+            return;
+        };
+        if let Some(batch) = tags.complete(tag, false) {
+            let tags = tags.clone();
+            let backends = self.backends();
+            let live: Vec<usize> = self
+                .map
+                .load()
+                .legs()
+                .into_iter()
+                .filter(|l| l.1 != LegState::Dead)
+                .map(|l| l.0)
+                .collect();
+            let name = self.name.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = retire_batch(&backends, &tags, &batch, &live) {
+                    tracing::warn!(volume = %name, "tag retirement failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Correlates the status of a write's downstream I/Os: it succeeds when
+    /// every piece reached at least one live leg. Legs that failed are marked
+    /// dead (durably) before this returns, so the host never sees success
+    /// for data only a leg about to be forgotten holds.
+    pub(crate) async fn complete_write(
+        &self,
+        lba: u64,
+        blocks: u64,
+        failures: Vec<(Target, std::io::Error)>,
+    ) -> Result<(), EngineError> {
+        let Some(first) = failures.first() else {
+            return Ok(());
+        };
+        let mut legs = Vec::new();
+        for (t, e) in &failures {
+            match t.leg {
+                Some(l) => legs.push(l),
+                // Not mirrored: nothing else holds the data.
+                None => {
+                    return Err(EngineError::Io(std::io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    )))
+                }
+            }
+        }
+        tracing::warn!(volume = %self.name, legs = ?legs, error = %first.1, "mirror leg write failed");
+        self.fail_legs(&legs, Some((lba, blocks))).await
+    }
+
+    /// Marks legs dead: bumps the generation, sets fault-on-write on every
+    /// mirrored extent (so the first write to each afterwards stamps its
+    /// age), and records it durably. With `written`, the regions of the
+    /// write that found the failure are stamped too: the survivors hold
+    /// data the dead leg lacks. Refuses to kill a mirror's last Up leg.
+    pub async fn fail_legs(
+        &self,
+        legs: &[usize],
+        written: Option<(u64, u64)>,
+    ) -> Result<(), EngineError> {
+        let _cp = self.cp.lock().await;
+        let mut map = (*self.map.load_full()).clone();
+        let known = map.legs();
+        let mut meta = self.meta.lock().clone();
+        let mut newly_dead = false;
+        for &id in legs {
+            let Some(&(_, st)) = known.iter().find(|l| l.0 == id) else {
+                return Err(invalid("no such mirror leg"));
+            };
+            if st == LegState::Dead {
+                // False alarm: someone already handled this leg.
+                continue;
+            }
+            if !map.can_lose(id) {
+                return Err(EngineError::Io(std::io::Error::other(format!(
+                    "leg {id} is its mirror's last live leg"
+                ))));
+            }
+            map = map.with_leg_state(id, LegState::Dead);
+            if let Some(e) = meta.legs.get_mut(&id) {
+                e.0 = LegState::Dead;
+            }
+            newly_dead = true;
+        }
+        if newly_dead {
+            meta.generation += 1;
+            map = map.with_fow(true, |_, _| true);
+        }
+        if let Some((lba, blocks)) = written {
+            let gen = meta.generation;
+            for r in self.regions(lba, blocks) {
+                meta.ages.insert(r, gen);
+            }
+            map = map.with_fow(false, |_, e| overlaps(e.start, e.len, lba, blocks));
+        }
+        self.persist(&meta).await?;
+        self.generation.store(meta.generation, Ordering::Release);
+        *self.meta.lock() = meta;
+        self.map.store(Arc::new(map));
+        Ok(())
+    }
+
+    /// Volume regions `lba..lba+blocks` touches.
+    fn regions(&self, lba: u64, blocks: u64) -> std::ops::RangeInclusive<u64> {
+        let r = self.region_blocks;
+        lba / r..=(lba + blocks.max(1) - 1) / r
+    }
+
+    async fn persist(&self, meta: &MirrorMeta) -> Result<(), EngineError> {
+        let Some(p) = self.meta_path.clone() else {
+            return Ok(());
+        };
+        let m = meta.clone();
+        blocking(move || Ok(m.save(&p)?)).await
+    }
+
+    /// The fault-on-write handler: the first write to a region after a leg
+    /// died stamps the region's age with the current generation (durably)
+    /// and clears the flag, so later writes stay on the fast path.
+    async fn stamp_if_fow(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
+        let has_fow = |m: &ExtentMap| {
+            let mut cur = lba;
+            while cur < lba + blocks {
+                match m.lookup(cur) {
+                    Some((e, r)) => {
+                        if r.fault_on_write {
+                            return true;
+                        }
+                        cur = e.end();
+                    }
+                    None => return false,
+                }
+            }
+            false
+        };
+        if !self.mirrored || !has_fow(&self.map.load()) {
+            return Ok(());
+        }
+        let _cp = self.cp.lock().await;
+        let map = self.map.load_full();
+        if !has_fow(&map) {
+            return Ok(());
+        }
+        let mut meta = self.meta.lock().clone();
+        let gen = meta.generation;
+        for r in self.regions(lba, blocks) {
+            meta.ages.insert(r, gen);
+        }
+        let next = map.with_fow(false, |_, e| overlaps(e.start, e.len, lba, blocks));
+        self.persist(&meta).await?;
+        *self.meta.lock() = meta;
+        // Less restrictive: no need to wait for older I/Os.
+        self.map.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Publishes a more restrictive map and waits until every I/O resolved
+    /// through an older one has finished. Never call it holding `cp`.
+    async fn publish_and_drain(&self, next: ExtentMap) {
+        wait_drained(self.map.swap(Arc::new(next))).await;
+    }
+
+    /// Re-attaches a dead leg and resynchronises it: the leg takes writes at
+    /// once but serves no reads until every region written since it was
+    /// last in sync has been copied to it from a live leg. Returns the
+    /// bytes copied.
+    pub async fn attach_leg(&self, id: usize) -> Result<u64, EngineError> {
+        let (since, list, old) = {
+            let _cp = self.cp.lock().await;
+            let map = self.map.load_full();
+            match map.legs().iter().find(|l| l.0 == id) {
+                Some((_, LegState::Dead)) => {}
+                Some(_) => return Err(invalid("leg is not dead")),
+                None => return Err(invalid("no such mirror leg")),
+            }
+            // The leg's old tag entries describe writes the resync
+            // supersedes; left in place they would look unmatched later.
+            if let Some(t) = self.tags.as_ref().and_then(|t| t.tables.get(&id)).cloned() {
+                blocking(move || Ok(t.wipe()?)).await?;
+            }
+            let mut meta = self.meta.lock().clone();
+            let since = meta.legs.get(&id).map(|l| l.1).unwrap_or(0);
+            if let Some(e) = meta.legs.get_mut(&id) {
+                e.0 = LegState::Resync;
+            }
+            self.persist(&meta).await?;
+            let list: Vec<u64> = meta
+                .ages
+                .iter()
+                .filter(|(_, g)| **g > since)
+                .map(|(r, _)| *r)
+                .collect();
+            *self.meta.lock() = meta;
+            let next = map.with_leg_state(id, LegState::Resync);
+            drop(map);
+            let old = self.map.swap(Arc::new(next));
+            (since, list, old)
+        };
+        // Writes resolved before the swap could skip the leg: wait them out
+        // so every write from here on reaches it. Not under the CP lock: a
+        // write holding a range lock may need it (FoW stamping) while an
+        // admission under the old map waits for that range.
+        wait_drained(old).await;
+        let bs = self.block_size as u64;
+        let nb = self.num_blocks();
+        let ranges: Vec<(u64, u64)> = list
+            .iter()
+            .map(|r| r * self.region_blocks)
+            .filter(|s| *s < nb)
+            .map(|s| (s, self.region_blocks.min(nb - s)))
+            .collect();
+        {
+            let mut p = self.resync.lock();
+            *p = ResyncRun {
+                leg: Some(id),
+                active: true,
+                done: 0,
+                total: ranges.iter().map(|r| r.1 * bs).sum(),
+                started: Some(Instant::now()),
+                elapsed: Duration::ZERO,
+            };
+        }
+        tracing::info!(volume = %self.name, leg = id, since, regions = ranges.len(), "resync started");
+        let r = self.copy_regions(id, &ranges).await;
+        let copied = {
+            let mut p = self.resync.lock();
+            p.active = false;
+            p.elapsed = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            p.done
+        };
+        if let Err(e) = r {
+            // The leg failed again (or the source did): back to dead.
+            let _ = self.fail_legs(&[id], None).await;
+            return Err(e);
+        }
+        let _cp = self.cp.lock().await;
+        // The leg may have failed again (or been failed by hand) meanwhile.
+        if !self.map.load().legs().contains(&(id, LegState::Resync)) {
+            return Err(EngineError::Io(std::io::Error::other(
+                "leg left resync before it completed",
+            )));
+        }
+        let mut map = self.map.load_full().with_leg_state(id, LegState::Up);
+        let mut meta = self.meta.lock().clone();
+        let gen = meta.generation;
+        if let Some(e) = meta.legs.get_mut(&id) {
+            *e = (LegState::Up, gen);
+        }
+        if meta.legs.values().all(|l| l.0 == LegState::Up) {
+            meta.ages.clear();
+            map = map.with_fow(false, |_, _| true);
+        }
+        self.persist(&meta).await?;
+        *self.meta.lock() = meta;
+        self.map.store(Arc::new(map));
+        tracing::info!(volume = %self.name, leg = id, copied, "resync done");
+        Ok(copied)
+    }
+
+    async fn copy_regions(&self, id: usize, ranges: &[(u64, u64)]) -> Result<(), EngineError> {
+        let bs = self.block_size as u64;
+        for &(s, n) in ranges {
+            // Exclusive: no host write to the region can interleave with the
+            // copy and be overwritten by older data.
+            let _g = self.locks.exclusive(s, n).await;
+            let (m1, src) = self.resolve(s, n, Route::Read(self.next_read_pick()))?;
+            let (m2, dst) = self.resolve(s, n, Route::Leg(id))?;
+            let backends = self.backends();
+            let failures = blocking(move || {
+                let _maps = (m1, m2);
+                let mut buf = vec![0u8; (n * bs) as usize];
+                read_targets(&backends, &src, &mut buf, bs)?;
+                Ok(write_targets(&backends, &dst, &buf, false, bs))
+            })
+            .await?;
+            if let Some((_, e)) = failures.into_iter().next() {
+                return Err(EngineError::Io(e));
+            }
+            self.resync.lock().done += n * bs;
+            self.resync_copied.fetch_add(n * bs, Ordering::Relaxed);
+        }
+        // The copies must be durable before the leg is declared in sync.
+        let backends = self.backends();
         blocking(move || {
-            for b in backends {
+            for b in backends.iter() {
                 b.flush()?;
             }
             Ok(())
@@ -313,33 +1066,396 @@ impl Volume {
         .await
     }
 
-    /// Deallocates blocks; they read back as zeros.
-    pub async fn discard(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
-        let _g = self.locks.write(lba, blocks).await;
-        let pieces = self.resolve(lba, blocks)?;
+    /// Bytes resyncs have copied since the volume was opened.
+    pub fn resync_copied_bytes(&self) -> u64 {
+        self.resync_copied.load(Ordering::Relaxed)
+    }
+
+    pub fn mirror_status(&self) -> MirrorStatus {
+        let meta = self.meta.lock().clone();
+        let p = self.resync.lock();
+        let elapsed = if p.active {
+            p.started.map(|s| s.elapsed()).unwrap_or_default()
+        } else {
+            p.elapsed
+        };
+        let rate = if elapsed.as_secs_f64() > 0.0 {
+            p.done as f64 / elapsed.as_secs_f64()
+        } else {
+            0.0
+        };
+        let eta = (rate > 0.0).then(|| (p.total - p.done.min(p.total)) as f64 / rate);
+        let since: u64 = meta.legs.values().map(|l| l.1).min().unwrap_or(0);
+        MirrorStatus {
+            generation: meta.generation,
+            legs: self.map.load().legs(),
+            stale_regions: meta.ages.values().filter(|g| **g > since).count(),
+            region_blocks: self.region_blocks,
+            resync: ResyncStatus {
+                leg: p.leg,
+                active: p.active,
+                done_bytes: p.done,
+                total_bytes: p.total,
+                rate_bps: rate,
+                eta_secs: eta,
+            },
+        }
+    }
+
+    /// A human-readable description of the extent map.
+    pub fn describe_layout(&self) -> String {
+        let map = self.map.load();
+        let mut s = format!(
+            "volume {} blocks={} bs={} region={} generation={}\n",
+            self.name,
+            self.num_blocks(),
+            self.block_size,
+            self.region_blocks,
+            self.generation()
+        );
+        let mut last = None;
+        for e in map.extents() {
+            // Runs of region pieces sharing an entry print once.
+            if last == Some(e.redirect) {
+                continue;
+            }
+            last = Some(e.redirect);
+            if let Some(r) = map.redirect(e.redirect) {
+                s.push_str(&format!(
+                    "  extent @{} -> [{}]{}{}\n",
+                    e.start,
+                    describe_desc(&r.desc, &self.backends()),
+                    if r.fault_on_write { " FoW" } else { "" },
+                    if r.fault_on_read { " FoR" } else { "" },
+                ));
+            }
+        }
+        s
+    }
+
+    /// Makes every completed write durable; on a tagged mirror, also
+    /// retires the tags of completed writes (their data is durable now).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        let backends = self.backends();
+        let tags = self.tags.clone();
+        let live: Vec<usize> = self
+            .map
+            .load()
+            .legs()
+            .into_iter()
+            .filter(|l| l.1 != LegState::Dead)
+            .map(|l| l.0)
+            .collect();
         blocking(move || {
-            for p in pieces {
-                p.backend.discard(p.offset, p.bytes as u64)?;
+            match tags {
+                Some(t) => retire_batch(&backends, &t, &t.take_done(), &live)?,
+                None => {
+                    for b in backends.iter() {
+                        b.flush()?;
+                    }
+                }
             }
             Ok(())
         })
         .await
     }
 
+    /// Deallocates blocks; they read back as zeros. On a mirror every live
+    /// leg is discarded, like a write of zeros.
+    pub async fn discard(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
+        self.check_range(lba, blocks)?;
+        let _g = self.write_lock(lba, blocks).await;
+        self.stamp_if_fow(lba, blocks).await?;
+        let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
+        let io = self.host_io(&map, lba, blocks);
+        let (failures, tag) = blocking(move || {
+            let _map = map;
+            Ok(io.apply(&targets, None, false))
+        })
+        .await?;
+        self.finish_tag(tag);
+        self.complete_write(lba, blocks, failures).await
+    }
+
     /// Grows a single-backend volume to `nblocks`.
     pub async fn grow(&self, nblocks: u64) -> Result<(), EngineError> {
-        if nblocks <= self.num_blocks() || self.backends.len() != 1 {
+        if nblocks <= self.num_blocks() || !self.plain {
             return Err(EngineError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "volume can only grow, and only when it has one backend",
+                "volume can only grow, and only when it is one plain backend",
             )));
         }
-        let b = self.backends[0].clone();
+        let b = self.backends()[0].clone();
         let bytes = nblocks * self.block_size as u64;
         blocking(move || Ok(b.grow(bytes)?)).await?;
         self.map.store(Arc::new(self.map.load().grown(nblocks)));
         self.nblocks.store(nblocks, Ordering::Release);
         Ok(())
+    }
+}
+
+/// Waits until nobody but us holds `old` (I/Os admitted or resolved
+/// through it hold a clone).
+async fn wait_drained(old: Arc<ExtentMap>) {
+    while Arc::strong_count(&old) > 1 {
+        tokio::time::sleep(Duration::from_micros(50)).await;
+    }
+}
+
+fn overlaps(s1: u64, n1: u64, s2: u64, n2: u64) -> bool {
+    s1 < s2 + n2.max(1) && s2 < s1 + n1
+}
+
+fn to_io(e: EngineError) -> std::io::Error {
+    match e {
+        EngineError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+fn describe_desc(d: &StorageDesc, backends: &[Arc<dyn Backend>]) -> String {
+    match d {
+        StorageDesc::Remap { backend, offset } => {
+            let name = backends
+                .get(*backend)
+                .map(|b| b.describe())
+                .unwrap_or_else(|| "?".into());
+            if *offset == 0 {
+                name
+            } else {
+                format!("{name}+{offset}")
+            }
+        }
+        StorageDesc::Stripe { legs, unit_blocks } => format!(
+            "stripe unit={unit_blocks} ({})",
+            legs.iter()
+                .map(|l| describe_desc(l, backends))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        StorageDesc::Mirror { legs } => format!(
+            "mirror ({})",
+            legs.iter()
+                .map(|l| format!(
+                    "leg{} {}: {}",
+                    l.id,
+                    l.state.as_str(),
+                    describe_desc(&l.desc, backends)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub(crate) fn backend_of<'a>(
+    backends: &'a [Arc<dyn Backend>],
+    t: &Target,
+) -> Result<&'a Arc<dyn Backend>, EngineError> {
+    backends
+        .get(t.backend)
+        .ok_or(EngineError::Unmapped(t.buf_block))
+}
+
+/// Reads every target into its place in `buf`.
+pub(crate) fn read_targets(
+    backends: &[Arc<dyn Backend>],
+    targets: &[Target],
+    buf: &mut [u8],
+    bs: u64,
+) -> Result<(), EngineError> {
+    for t in targets {
+        let at = (t.buf_block * bs) as usize;
+        let len = (t.blocks * bs) as usize;
+        let dst = buf.get_mut(at..at + len).ok_or(EngineError::BadLength {
+            got: at + len,
+            expected: 0,
+        })?;
+        backend_of(backends, t)?.read_at(t.offset, dst)?;
+    }
+    Ok(())
+}
+
+/// Writes every target (mirror legs one after another) and returns the
+/// ones that failed; the caller correlates status.
+pub(crate) fn write_targets(
+    backends: &[Arc<dyn Backend>],
+    targets: &[Target],
+    data: &[u8],
+    fua: bool,
+    bs: u64,
+) -> Vec<(Target, std::io::Error)> {
+    let mut failures = Vec::new();
+    for t in targets {
+        let at = (t.buf_block * bs) as usize;
+        let len = (t.blocks * bs) as usize;
+        let r = match (backend_of(backends, t), data.get(at..at + len)) {
+            (Ok(b), Some(src)) => b.write_at(t.offset, src, fua),
+            (Err(e), _) => Err(to_io(e)),
+            (_, None) => Err(std::io::Error::other("write target outside the buffer")),
+        };
+        if let Err(e) = r {
+            failures.push((*t, e));
+        }
+    }
+    failures
+}
+
+/// Flushes the legs' data, then clears a batch of tag entries on the live
+/// legs' tables: an entry may only go once the write it covers is durable.
+fn retire_batch(
+    backends: &[Arc<dyn Backend>],
+    tags: &Tags,
+    batch: &[u64],
+    live: &[usize],
+) -> std::io::Result<()> {
+    for b in backends {
+        b.flush()?;
+    }
+    tags.retire(batch, live)
+}
+
+/// A host write's (or discard's) downstream I/O, ready for a blocking thread.
+pub(crate) struct HostIo {
+    backends: Arc<Vec<Arc<dyn Backend>>>,
+    tags: Option<Arc<Tags>>,
+    live: Vec<usize>,
+    lba: u64,
+    blocks: u64,
+    bs: u64,
+}
+
+impl HostIo {
+    /// Writes `data` (or discards, with None) to every target. On a tagged
+    /// mirror, each leg durably records the write's tag before any of its
+    /// data; a leg whose entry cannot be recorded gets no data and counts
+    /// as failed. Returns the failures and the tag used.
+    pub(crate) fn apply(
+        &self,
+        targets: &[Target],
+        data: Option<&[u8]>,
+        fua: bool,
+    ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
+        let mut groups: BTreeMap<Option<usize>, Vec<Target>> = BTreeMap::new();
+        for t in targets {
+            groups.entry(t.leg).or_default().push(*t);
+        }
+        let mirrored = groups.keys().any(|k| k.is_some());
+        let mut entry = None;
+        if let (Some(tags), true) = (&self.tags, mirrored) {
+            match self.issue(tags) {
+                Ok(tag) => {
+                    entry = Some(TagEntry {
+                        tag,
+                        lba: self.lba,
+                        blocks: self.blocks,
+                    })
+                }
+                Err(e) => {
+                    // No leg got anything: fail the write as unmirrored.
+                    let failed = targets
+                        .first()
+                        .map(|t| (Target { leg: None, ..*t }, e))
+                        .into_iter()
+                        .collect();
+                    return (failed, None);
+                }
+            }
+        }
+        let used = entry.map(|e| e.tag);
+        // Synchronous legs (a tag entry, or FUA data) run in parallel, one
+        // thread per leg, so a mirrored write costs one device round trip,
+        // not one per leg. Page-cache writes are cheaper than a thread.
+        if mirrored && groups.len() > 1 && (entry.is_some() || fua) {
+            let failures = std::thread::scope(|sc| {
+                let handles: Vec<_> = groups
+                    .iter()
+                    .map(|(leg, ts)| sc.spawn(move || self.leg_io(*leg, ts, entry, data, fua)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            targets
+                                .first()
+                                .map(|t| {
+                                    (
+                                        Target { leg: None, ..*t },
+                                        std::io::Error::other("leg writer panicked"),
+                                    )
+                                })
+                                .into_iter()
+                                .collect()
+                        })
+                    })
+                    .collect()
+            });
+            return (failures, used);
+        }
+        let failures = groups
+            .iter()
+            .flat_map(|(leg, ts)| self.leg_io(*leg, ts, entry, data, fua))
+            .collect();
+        (failures, used)
+    }
+
+    /// One leg's share of a host write: its tag entry first (durably), then
+    /// its data. A leg whose entry cannot be recorded gets no data.
+    fn leg_io(
+        &self,
+        leg: Option<usize>,
+        targets: &[Target],
+        entry: Option<TagEntry>,
+        data: Option<&[u8]>,
+        fua: bool,
+    ) -> Vec<(Target, std::io::Error)> {
+        if let (Some(l), Some(e), Some(tags)) = (leg, entry, &self.tags) {
+            if let Some(table) = tags.tables.get(&l) {
+                if let Err(err) = table.record(&e) {
+                    return targets.first().map(|t| (*t, err)).into_iter().collect();
+                }
+            }
+        }
+        let bs = self.bs;
+        let mut failures = Vec::new();
+        for t in targets {
+            let r = match (backend_of(&self.backends, t), data) {
+                (Err(e), _) => Err(to_io(e)),
+                (Ok(b), None) => b.discard(t.offset, t.blocks * bs),
+                (Ok(b), Some(d)) => {
+                    let at = (t.buf_block * bs) as usize;
+                    match d.get(at..at + (t.blocks * bs) as usize) {
+                        Some(src) => b.write_at(t.offset, src, fua),
+                        None => Err(std::io::Error::other("write target outside the buffer")),
+                    }
+                }
+            };
+            if let Err(e) = r {
+                failures.push((*t, e));
+            }
+        }
+        failures
+    }
+
+    /// A fresh tag; when its slot is still taken, retires what is waiting
+    /// (or waits for in-flight writes to finish). Gives up after a while
+    /// (retirement keeps failing): the write then fails rather than hang.
+    fn issue(&self, tags: &Tags) -> std::io::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(t) = tags.issue() {
+                return Ok(t);
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(
+                    "tag table full: retirement is failing",
+                ));
+            }
+            let batch = tags.take_done();
+            if batch.is_empty() || retire_batch(&self.backends, tags, &batch, &self.live).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 

@@ -66,6 +66,28 @@ pub enum Request {
         #[serde(default)]
         chap: Option<crate::config::ChapConfig>,
     },
+    /// Marks a mirror leg dead, as if its writes had failed.
+    FailLeg {
+        volume: String,
+        leg: usize,
+    },
+    /// Re-attaches a dead leg; the resync runs in the background.
+    AttachLeg {
+        volume: String,
+        leg: usize,
+    },
+    /// The volume's extent map, leg states, generation and resync progress.
+    Layout {
+        volume: String,
+    },
+    /// Moves a volume's data, online, onto a new file or block device
+    /// (relative paths are under the data directory). Runs in the
+    /// background; `layout` shows progress. The running volume uses the new
+    /// backend from then on; the config still names the old one.
+    Migrate {
+        volume: String,
+        path: PathBuf,
+    },
 }
 
 /// Where the config came from, for `reload` and `save`.
@@ -139,6 +161,51 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
     let mut cfg = server.config().await;
     match req {
         Request::Status => return status(server).await,
+        Request::FailLeg { volume, leg } => {
+            let v = engine_volume(server, &volume).await?;
+            v.fail_legs(&[leg], None).await?;
+            return Ok(mirror_json(&v));
+        }
+        Request::AttachLeg { volume, leg } => {
+            let v = engine_volume(server, &volume).await?;
+            let st = v.mirror_status();
+            match st.legs.iter().find(|l| l.0 == leg) {
+                Some((_, vtgt_engine::LegState::Dead)) => {}
+                Some(_) => bail!("leg {leg} of {volume} is not dead"),
+                None => bail!("volume {volume} has no mirror leg {leg}"),
+            }
+            // A resync can take long: run it in the background; `layout`
+            // (or `vtgt admin watch`) reports progress.
+            let bg = v.clone();
+            tokio::spawn(async move {
+                if let Err(e) = bg.attach_leg(leg).await {
+                    warn!(volume = %bg.name(), leg, "resync failed: {e}");
+                }
+            });
+            return Ok(json!({"volume": volume, "leg": leg, "resync": "started"}));
+        }
+        Request::Layout { volume } => {
+            let v = engine_volume(server, &volume).await?;
+            return Ok(mirror_json(&v));
+        }
+        Request::Migrate { volume, path } => {
+            let v = engine_volume(server, &volume).await?;
+            let path = if path.is_absolute() {
+                path
+            } else {
+                cfg.data_dir.join(path)
+            };
+            let bytes = v.num_blocks() * v.block_size() as u64;
+            let to = vtgt_engine::FileBackend::open_or_create(&path, bytes)
+                .with_context(|| format!("migration target {}", path.display()))?;
+            let bg = v.clone();
+            tokio::spawn(async move {
+                if let Err(e) = bg.migrate(Arc::new(to)).await {
+                    warn!(volume = %bg.name(), "migration failed: {e}");
+                }
+            });
+            return Ok(json!({"volume": volume, "to": path, "migration": "started"}));
+        }
         Request::Sessions => return Ok(sessions(server)),
         Request::Save => {
             let path = ctx.config_path.as_ref().ok_or_else(|| {
@@ -175,6 +242,7 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 path,
                 size: Some(size),
                 block_size: 512,
+                layout: None,
             });
         }
         Request::RemoveVolume { name } => {
@@ -262,6 +330,49 @@ fn find_target<'a>(cfg: &'a mut Config, name: &str) -> Result<&'a mut crate::con
         .iter_mut()
         .find(|t| t.name == name)
         .ok_or_else(|| anyhow!("no target {name:?}"))
+}
+
+async fn engine_volume(server: &Server, name: &str) -> Result<Arc<vtgt_engine::Volume>> {
+    Ok(server
+        .volume(name)
+        .await
+        .ok_or_else(|| anyhow!("no volume {name:?}"))?
+        .volume)
+}
+
+/// Layout, legs, generation and resync progress of a volume.
+pub fn mirror_json(v: &vtgt_engine::Volume) -> Value {
+    let st = v.mirror_status();
+    let r = &st.resync;
+    json!({
+        "volume": v.name(),
+        "layout": v.describe_layout(),
+        "mirrored": v.is_mirrored(),
+        "generation": st.generation,
+        "legs": st.legs.iter().map(|(id, s)| json!({"leg": id, "state": s.as_str()})).collect::<Vec<_>>(),
+        "stale_regions": st.stale_regions,
+        "unretired_tags": v.unretired_tags(),
+        "migration": {
+            "active": v.migration_status().active,
+            "done_bytes": v.migration_status().done_bytes,
+            "total_bytes": v.migration_status().total_bytes,
+        },
+        "journal_fill_ratio": v.journal_fill_ratio(),
+        "reconciled_at_open": {
+            "matched": v.reconcile_report().matched,
+            "unmatched": v.reconcile_report().unmatched,
+            "copied_bytes": v.reconcile_report().copied_bytes,
+        },
+        "region_bytes": st.region_blocks * v.block_size() as u64,
+        "resync": {
+            "leg": r.leg,
+            "active": r.active,
+            "done_bytes": r.done_bytes,
+            "total_bytes": r.total_bytes,
+            "rate_bytes_per_second": r.rate_bps,
+            "eta_seconds": r.eta_secs,
+        },
+    })
 }
 
 async fn status(server: &Server) -> Result<Value> {
@@ -379,5 +490,165 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Value> {
             "{}",
             v["error"].as_str().unwrap_or("unknown error")
         ))
+    }
+}
+
+/// A one-line progress bar: `[#####.....]  50.0%  512 MiB/1024 MiB  80.0 MiB/s  ETA 6s`.
+pub fn progress_line(done: u64, total: u64, rate_bps: f64, eta: Option<f64>) -> String {
+    const WIDTH: usize = 30;
+    let frac = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let filled = (frac * WIDTH as f64).round() as usize;
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    let eta = eta.map_or_else(|| "-".to_string(), |s| format!("{s:.0}s"));
+    format!(
+        "[{}{}] {:5.1}%  {:.1}/{:.1} MiB  {:.1} MiB/s  ETA {eta}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        frac * 100.0,
+        mib(done as f64),
+        mib(total as f64),
+        mib(rate_bps),
+    )
+}
+
+#[cfg(test)]
+mod mirror_admin_tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_fills() {
+        let l = progress_line(1 << 20, 4 << 20, 1048576.0, Some(3.0));
+        assert!(l.starts_with("[########......................]"), "{l}");
+        assert!(l.contains("25.0%") && l.contains("ETA 3s"), "{l}");
+        assert!(progress_line(0, 0, 0.0, None).contains("100.0%"));
+    }
+
+    #[tokio::test]
+    async fn fail_attach_and_layout_ops() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "data_dir = {:?}\n[[volume]]\nname = \"m\"\nbackend = \"file\"\nsize = \"4MiB\"\n\
+             [volume.layout]\nmirror = [{{ file = \"a.img\" }}, {{ file = \"b.img\" }}]\n",
+            dir.path()
+        );
+        let mut cfg: Config = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        cfg.iscsi.portals.clear();
+        cfg.nvme.listen.clear();
+        cfg.targets.clear();
+        cfg.subsystems.clear();
+        let server = Server::start(cfg).await.unwrap();
+        let ctx = AdminContext {
+            server: Arc::new(server),
+            config_path: None,
+        };
+        let v = handle(&ctx, Request::Layout { volume: "m".into() })
+            .await
+            .unwrap();
+        assert_eq!(v["mirrored"], json!(true));
+        assert_eq!(v["legs"].as_array().unwrap().len(), 2);
+        let vol = engine_volume(&ctx.server, "m").await.unwrap();
+        vol.write(10, bytes::Bytes::from(vec![7u8; 512]), false)
+            .await
+            .unwrap();
+        let v = handle(
+            &ctx,
+            Request::FailLeg {
+                volume: "m".into(),
+                leg: 1,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["generation"], json!(1));
+        assert_eq!(v["legs"][1]["state"], json!("dead"));
+        assert!(dir.path().join("m.mirror").exists());
+        assert!(dir.path().join("m.leg0.tags").exists());
+        assert!(dir.path().join("m.leg1.tags").exists());
+        // Written after the failure: one region to copy.
+        vol.write(20, bytes::Bytes::from(vec![8u8; 512]), false)
+            .await
+            .unwrap();
+        handle(
+            &ctx,
+            Request::AttachLeg {
+                volume: "m".into(),
+                leg: 1,
+            },
+        )
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if vol.mirror_status().legs[1].1 == vtgt_engine::LegState::Up {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let v = handle(&ctx, Request::Layout { volume: "m".into() })
+            .await
+            .unwrap();
+        assert_eq!(v["legs"][1]["state"], json!("up"));
+        assert_eq!(v["resync"]["done_bytes"], v["resync"]["total_bytes"]);
+        assert!(v["resync"]["done_bytes"].as_u64().unwrap() > 0);
+        let a = std::fs::read(dir.path().join("a.img")).unwrap();
+        let b = std::fs::read(dir.path().join("b.img")).unwrap();
+        assert!(a == b, "legs differ after resync");
+        assert!(handle(
+            &ctx,
+            Request::FailLeg {
+                volume: "nope".into(),
+                leg: 0,
+            },
+        )
+        .await
+        .is_err());
+    }
+
+    #[tokio::test]
+    async fn migrate_op_moves_a_volume_online() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "data_dir = {:?}\n[[volume]]\nname = \"p\"\nbackend = \"file\"\npath = \"p.img\"\nsize = \"1MiB\"\n",
+            dir.path()
+        );
+        let mut cfg: Config = toml::from_str(&text).unwrap();
+        cfg.iscsi.portals.clear();
+        cfg.nvme.listen.clear();
+        cfg.targets.clear();
+        cfg.subsystems.clear();
+        let ctx = AdminContext {
+            server: Arc::new(Server::start(cfg).await.unwrap()),
+            config_path: None,
+        };
+        let vol = engine_volume(&ctx.server, "p").await.unwrap();
+        vol.write(1000, bytes::Bytes::from(vec![0x3Cu8; 4096]), false)
+            .await
+            .unwrap();
+        handle(
+            &ctx,
+            Request::Migrate {
+                volume: "p".into(),
+                path: "p2.img".into(),
+            },
+        )
+        .await
+        .unwrap();
+        for _ in 0..500 {
+            let s = vol.migration_status();
+            if !s.active && s.done_bytes == s.total_bytes && s.total_bytes > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(vol.migration_status().done_bytes, 1 << 20);
+        let img = std::fs::read(dir.path().join("p2.img")).unwrap();
+        assert!(img[1000 * 512..1000 * 512 + 4096]
+            .iter()
+            .all(|&b| b == 0x3C));
+        assert!(vol.describe_layout().contains("p2.img"));
     }
 }

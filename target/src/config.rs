@@ -90,6 +90,100 @@ pub struct VolumeConfig {
     pub size: Option<String>,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// A composition of several backends (stripe, mirror, concat, nested);
+    /// replaces `path`. Absent: the volume is the one backend at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutConfig>,
+}
+
+/// One node of a volume layout: exactly one of `file`, `stripe`, `mirror`,
+/// `concat`. Leaves are backends of the volume's kind; their size is the
+/// leaf's `size`, else the volume's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutConfig {
+    /// A backend file or device (relative to `data_dir`); a label for
+    /// memory volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// RAID0 over these, in units of `unit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<Vec<LayoutConfig>>,
+    /// Stripe unit such as "64KiB" (a multiple of the block size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// RAID1: every child holds the same data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Vec<LayoutConfig>>,
+    /// Children laid end to end; top level only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concat: Option<Vec<LayoutConfig>>,
+    /// Tagged mirror writes (crash-consistent legs, one small tag table
+    /// file per leg, a synchronous write per leg per host write). Top level
+    /// only; on by default for file and block mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<bool>,
+}
+
+impl LayoutConfig {
+    /// Checks the shape; `top` is true for the volume's root node.
+    pub fn check(&self, block_size: u32, top: bool) -> Result<(), String> {
+        let kinds = [
+            self.file.is_some(),
+            self.stripe.is_some(),
+            self.mirror.is_some(),
+            self.concat.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err("a layout node needs exactly one of file, stripe, mirror, concat".into());
+        }
+        if let Some(s) = &self.size {
+            let b = parse_size(s)?;
+            if b < block_size as u64 || b % block_size as u64 != 0 {
+                return Err(format!(
+                    "layout size {s:?}: not a multiple of the block size"
+                ));
+            }
+        }
+        if self.tags.is_some() && !top {
+            return Err("tags is a volume-wide setting: put it at the top of the layout".into());
+        }
+        if self.unit.is_some() && self.stripe.is_none() {
+            return Err("unit is only for stripes".into());
+        }
+        if let Some(legs) = &self.stripe {
+            if legs.len() < 2 {
+                return Err("a stripe needs at least two legs".into());
+            }
+            let unit = parse_size(self.unit.as_deref().ok_or("a stripe needs a unit")?)?;
+            if unit < block_size as u64 || unit % block_size as u64 != 0 {
+                return Err("stripe unit must be a multiple of the block size".into());
+            }
+        }
+        if self.mirror.as_ref().is_some_and(|m| m.is_empty()) {
+            return Err("a mirror needs legs".into());
+        }
+        if let Some(parts) = &self.concat {
+            if !top {
+                return Err("concat is only allowed at the top of a layout".into());
+            }
+            if parts.is_empty() {
+                return Err("a concat needs parts".into());
+            }
+        }
+        for c in self
+            .stripe
+            .iter()
+            .chain(self.mirror.iter())
+            .chain(self.concat.iter())
+            .flatten()
+        {
+            c.check(block_size, false)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -215,6 +309,7 @@ impl Config {
                 path: Some(PathBuf::from("default.img")),
                 size: Some("1GiB".into()),
                 block_size: 512,
+                layout: None,
             }],
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.into(),
@@ -278,6 +373,17 @@ impl Config {
                     "volume {:?}: block_size must be 512 or 4096",
                     v.name
                 ));
+            }
+            if let Some(l) = &v.layout {
+                l.check(v.block_size, true)
+                    .map_err(|e| format!("volume {:?}: layout: {e}", v.name))?;
+                if v.path.is_some() {
+                    return Err(format!(
+                        "volume {:?}: path and layout are exclusive",
+                        v.name
+                    ));
+                }
+                continue;
             }
             match v.backend {
                 BackendKind::File | BackendKind::Memory => {
@@ -561,5 +667,31 @@ mod example_tests {
         assert!(n >= 3, "examples missing");
         let d = Config::load(&dir.join("default.toml")).unwrap();
         assert_eq!(d, Config::embedded_default());
+    }
+
+    #[test]
+    fn layouts_parse_and_are_checked() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let c = Config::load(&dir.join("raid10.toml")).unwrap();
+        let l = c.volumes[0].layout.as_ref().unwrap();
+        let legs = l.stripe.as_ref().unwrap();
+        assert_eq!(legs.len(), 2);
+        assert_eq!(legs[1].mirror.as_ref().unwrap().len(), 2);
+        assert_eq!(l.unit.as_deref(), Some("128KiB"));
+        let bad = |layout: &str| {
+            let text = format!(
+                "[[volume]]\nname = \"v\"\nbackend = \"memory\"\nsize = \"1MiB\"\n[volume.layout]\n{layout}\n"
+            );
+            let c: Config = toml::from_str(&text).unwrap();
+            c.validate().err()
+        };
+        assert!(bad("mirror = [{ file = \"a\" }, { file = \"b\" }]").is_none());
+        assert!(
+            bad("stripe = [{ file = \"a\" }, { file = \"b\" }]").is_some(),
+            "no unit"
+        );
+        assert!(bad("unit = \"1000\"\nstripe = [{ file = \"a\" }, { file = \"b\" }]").is_some());
+        assert!(bad("mirror = [{ concat = [{ file = \"a\" }] }]").is_some());
+        assert!(bad("file = \"a\"\nmirror = [{ file = \"b\" }]").is_some());
     }
 }

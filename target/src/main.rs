@@ -147,6 +147,16 @@ enum AdminOp {
     },
     /// Remove a LUN.
     RemoveLun { target: String, lun: u64 },
+    /// Mark a mirror leg of a volume dead.
+    FailLeg { volume: String, leg: usize },
+    /// Re-attach a dead mirror leg and resync it in the background.
+    AttachLeg { volume: String, leg: usize },
+    /// Show a volume's extent map, mirror legs and generation.
+    Layout { volume: String },
+    /// Follow a volume's resync with a progress bar until it finishes.
+    Watch { volume: String },
+    /// Move a volume online onto a new file or device.
+    Migrate { volume: String, path: PathBuf },
     /// Add an initiator to a target's allow list.
     AllowInitiator { target: String, initiator: String },
     /// Remove an initiator from a target's allow list.
@@ -304,7 +314,15 @@ async fn serve(
 }
 
 fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
+    if let AdminOp::Watch { volume } = op {
+        return watch(socket, volume);
+    }
     let req = match op {
+        AdminOp::FailLeg { volume, leg } => Request::FailLeg { volume, leg },
+        AdminOp::AttachLeg { volume, leg } => Request::AttachLeg { volume, leg },
+        AdminOp::Layout { volume } => Request::Layout { volume },
+        AdminOp::Migrate { volume, path } => Request::Migrate { volume, path },
+        AdminOp::Watch { .. } => return ExitCode::FAILURE,
         AdminOp::Status => Request::Status,
         AdminOp::Sessions => Request::Sessions,
         AdminOp::Reload => Request::Reload,
@@ -382,6 +400,60 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
             eprintln!("vtgt admin: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Polls `layout` and draws the resync's progress until none is running.
+fn watch(socket: PathBuf, volume: String) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vtgt: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let req = Request::Layout { volume };
+    let mut seen_active = false;
+    loop {
+        let v = match rt.block_on(vtgt::admin::call(&socket, &req)) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("vtgt admin: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let r = &v["resync"];
+        let active = r["active"].as_bool().unwrap_or(false);
+        let done = r["done_bytes"].as_u64().unwrap_or(0);
+        let total = r["total_bytes"].as_u64().unwrap_or(0);
+        let rate = r["rate_bytes_per_second"].as_f64().unwrap_or(0.0);
+        let eta = r["eta_seconds"].as_f64();
+        let legs: Vec<String> = v["legs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|l| format!("{}:{}", l["leg"], l["state"].as_str().unwrap_or("?")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = vtgt::admin::progress_line(done, total, rate, eta);
+        eprint!(
+            "\rgen {} legs [{}] {line}   ",
+            v["generation"],
+            legs.join(" ")
+        );
+        seen_active |= active;
+        if !active {
+            eprintln!();
+            if !seen_active {
+                eprintln!("no resync running");
+            }
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

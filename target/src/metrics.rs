@@ -110,6 +110,19 @@ fn describe() {
         "Bytes the running resync has copied."
     );
     describe_gauge!(
+        "vtgt_resync_rate_bytes_per_second",
+        "Copy rate of the running resync since it started."
+    );
+    describe_gauge!(
+        "vtgt_resync_eta_seconds",
+        "Estimated seconds until the running resync finishes (0 when unknown)."
+    );
+    describe_counter!(
+        "vtgt_resync_copied_bytes_total",
+        Unit::Bytes,
+        "Bytes copied by resyncs since the volume was opened."
+    );
+    describe_gauge!(
         "vtgt_migration_total_bytes",
         Unit::Bytes,
         "Bytes the running migration must copy."
@@ -245,17 +258,53 @@ async fn export(server: &Server) {
             .set((v.num_blocks() * v.block_size() as u64) as f64);
         gauge!("vtgt_pending_unit_attentions", "volume" => name.clone())
             .set(e.control.pending_notices().await as f64);
-        // Engine state. A plain volume has one live leg per backend, no
-        // resync, migration or journal; composed volumes report theirs.
-        for (i, _) in v.backends().iter().enumerate() {
-            gauge!("vtgt_volume_leg_up", "volume" => name.clone(), "leg" => i.to_string()).set(1.0);
+        // Engine state. A plain volume has one live leg per backend; a
+        // mirrored one reports its mirror legs by id (up = serving reads) and
+        // its generation and resync progress.
+        let ms = v.mirror_status();
+        if v.is_mirrored() {
+            for (id, st) in &ms.legs {
+                let up = if *st == vtgt_engine::LegState::Up {
+                    1.0
+                } else {
+                    0.0
+                };
+                gauge!("vtgt_volume_leg_up", "volume" => name.clone(), "leg" => id.to_string())
+                    .set(up);
+            }
+        } else {
+            for (i, _) in v.backends().iter().enumerate() {
+                gauge!("vtgt_volume_leg_up", "volume" => name.clone(), "leg" => i.to_string())
+                    .set(1.0);
+            }
         }
-        gauge!("vtgt_volume_generation", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_resync_total_bytes", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_resync_done_bytes", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(0.0);
-        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(0.0);
+        gauge!("vtgt_volume_generation", "volume" => name.clone()).set(ms.generation as f64);
+        let r = &ms.resync;
+        let (total, done) = if r.active {
+            (r.total_bytes as f64, r.done_bytes as f64)
+        } else {
+            (0.0, 0.0)
+        };
+        gauge!("vtgt_resync_total_bytes", "volume" => name.clone()).set(total);
+        gauge!("vtgt_resync_done_bytes", "volume" => name.clone()).set(done);
+        gauge!("vtgt_resync_rate_bytes_per_second", "volume" => name.clone()).set(if r.active {
+            r.rate_bps
+        } else {
+            0.0
+        });
+        gauge!("vtgt_resync_eta_seconds", "volume" => name.clone())
+            .set(r.eta_secs.filter(|_| r.active).unwrap_or(0.0));
+        counter!("vtgt_resync_copied_bytes_total", "volume" => name.clone())
+            .absolute(v.resync_copied_bytes());
+        let mig = v.migration_status();
+        let (mt, md) = if mig.active {
+            (mig.total_bytes as f64, mig.done_bytes as f64)
+        } else {
+            (0.0, 0.0)
+        };
+        gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(mt);
+        gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(md);
+        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(v.journal_fill_ratio());
     }
     let sessions = server.iscsi.sessions.all();
     for t in server.iscsi.targets.load().iter() {

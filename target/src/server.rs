@@ -407,8 +407,10 @@ impl Server {
 }
 
 async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<VolumeEntry> {
-    let backend = open_backend(cfg, v)?;
-    let volume = Volume::simple(&v.name, backend, v.block_size);
+    let volume = match &v.layout {
+        None => Volume::simple(&v.name, open_backend(cfg, v)?, v.block_size),
+        Some(l) => open_layout(cfg, v, l)?,
+    };
     // Atomic writes are journaled next to the data; memory volumes do not
     // survive a crash anyway.
     if v.backend != BackendKind::Memory {
@@ -432,6 +434,95 @@ async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Vo
         }
     };
     Ok(VolumeEntry { volume, control })
+}
+
+/// Opens every leaf of a layout as a backend (depth-first, so indices match
+/// the engine layout) and builds the composed volume. Mirror state lives in
+/// `<data_dir>/<volume>.mirror` for non-memory volumes.
+fn open_layout(
+    cfg: &Config,
+    v: &crate::config::VolumeConfig,
+    l: &crate::config::LayoutConfig,
+) -> Result<Arc<Volume>> {
+    fn walk(
+        cfg: &Config,
+        v: &crate::config::VolumeConfig,
+        l: &crate::config::LayoutConfig,
+        size: Option<String>,
+        backends: &mut Vec<Arc<dyn Backend>>,
+    ) -> Result<vtgt_engine::Layout> {
+        use vtgt_engine::Layout;
+        // A node's size applies to every leaf under it.
+        let size = l.size.clone().or(size);
+        let kids = |list: &Vec<crate::config::LayoutConfig>,
+                    backends: &mut Vec<Arc<dyn Backend>>|
+         -> Result<Vec<Layout>> {
+            list.iter()
+                .map(|c| walk(cfg, v, c, size.clone(), backends))
+                .collect()
+        };
+        if let Some(legs) = &l.stripe {
+            let unit = crate::config::parse_size(l.unit.as_deref().unwrap_or("0"))
+                .map_err(|e| anyhow!("volume {:?}: stripe unit: {e}", v.name))?;
+            return Ok(Layout::Stripe {
+                unit_blocks: unit / v.block_size as u64,
+                legs: kids(legs, backends)?,
+            });
+        }
+        if let Some(legs) = &l.mirror {
+            return Ok(Layout::Mirror {
+                legs: kids(legs, backends)?,
+            });
+        }
+        if let Some(parts) = &l.concat {
+            return Ok(Layout::Concat {
+                parts: kids(parts, backends)?,
+            });
+        }
+        let leaf = crate::config::VolumeConfig {
+            path: l.file.clone(),
+            size: size.clone(),
+            layout: None,
+            ..v.clone()
+        };
+        backends.push(open_backend(cfg, &leaf)?);
+        Ok(Layout::Backend(backends.len() - 1))
+    }
+    let mut backends = Vec::new();
+    let layout = walk(cfg, v, l, v.size.clone(), &mut backends)?;
+    let meta = (v.backend != BackendKind::Memory).then(|| {
+        let mut p = reservation_path(cfg, &v.name);
+        p.set_extension("mirror");
+        p
+    });
+    if meta.is_some() {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    }
+    // One tag table per mirror leg, beside the mirror state.
+    let mut stores = std::collections::BTreeMap::new();
+    if let (Some(m), true) = (&meta, l.tags.unwrap_or(true)) {
+        for leg in 0..layout.mirror_legs() {
+            let p = m.with_extension(format!("leg{leg}.tags"));
+            let b = FileBackend::open_or_create(&p, vtgt_engine::tags::store_bytes())
+                .with_context(|| format!("volume {:?}: tag table {}", v.name, p.display()))?;
+            stores.insert(leg, Arc::new(b) as Arc<dyn Backend>);
+        }
+    }
+    let vol = Volume::with_layout_tagged(
+        &v.name,
+        backends,
+        &layout,
+        v.block_size,
+        meta.as_deref(),
+        stores,
+    )
+    .with_context(|| format!("volume {:?}: layout", v.name))?;
+    let rep = vol.reconcile_report();
+    if rep.unmatched > 0 {
+        info!(volume = %v.name, ranges = rep.unmatched, bytes = rep.copied_bytes, "mirror reconciled after a crash");
+    }
+    Ok(vol)
 }
 
 /// Where a volume's persistent reservations (APTPL) are kept: beside the

@@ -64,6 +64,7 @@ fn config(dir: Option<&Path>) -> Config {
             path,
             size: Some("4MiB".into()),
             block_size: BS,
+            layout: None,
         }],
         targets: vec![TargetConfig {
             name: TARGET.into(),

@@ -95,6 +95,7 @@ async fn lun_add_and_resize_raise_unit_attentions() {
         path: None,
         size: Some("8MiB".into()),
         block_size: 512,
+        layout: None,
     });
     next.targets[0].luns.push(LunConfig {
         id: 1,

@@ -45,6 +45,7 @@ fn volume(name: &str) -> VolumeConfig {
         path: None,
         size: Some(VOLUME_BYTES.to_string()),
         block_size: BS,
+        layout: None,
     }
 }
 

@@ -56,6 +56,7 @@ async fn extended_copy_between_luns() {
             path: Some(format!("{n}.img").into()),
             size: Some("8MiB".into()),
             block_size: 512,
+            layout: None,
         })
         .collect();
     cfg.targets[0].name = TARGET.into();

@@ -49,6 +49,7 @@ pub fn volume(name: &str, size: u64) -> VolumeConfig {
         path: None,
         size: Some(size.to_string()),
         block_size: BLOCK as u32,
+        layout: None,
     }
 }
 
@@ -101,6 +102,7 @@ pub fn file_config(path: PathBuf, size: u64) -> Config {
         path: Some(path),
         size: Some(size.to_string()),
         block_size: BLOCK as u32,
+        layout: None,
     }];
     c
 }

@@ -1,0 +1,280 @@
+//! Tagged mirror writes (crash-consistent mirrors without a dirty-region
+//! log). Every mirrored write gets one volume-wide tag; before its data
+//! reaches a leg, the leg's own tag table durably records {tag, range}.
+//! Once every leg has completed the write, the entry is retired (cleared)
+//! in batches, off the host's path. After a crash, the legs of each mirror
+//! compare tables: a tag some legs hold and others do not marks a write that
+//! reached only part of the mirror, and only its range is copied, from a
+//! leg that has it to those that lack it.
+//!
+//! A table is a fixed array of 32-byte slots in a small store (a file per
+//! leg); tag `t` lives in slot `t % slots`. A slot is reused only after its
+//! previous tag was retired on every leg, so a table never holds two
+//! generations of one slot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+
+use crate::backend::Backend;
+
+const MAGIC: u32 = 0x5654_5447; // "VTTG"
+pub const SLOT_BYTES: u64 = 32;
+/// Slots per table: also the most tagged writes in flight or unretired.
+pub const TAG_SLOTS: u64 = 4096;
+/// Completed tags retired together.
+pub const RETIRE_BATCH: usize = 64;
+
+/// Bytes a tag store needs.
+pub const fn store_bytes() -> u64 {
+    SLOT_BYTES * TAG_SLOTS
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TagEntry {
+    pub tag: u64,
+    pub lba: u64,
+    pub blocks: u64,
+}
+
+fn crc(b: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &x in b {
+        h ^= x as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn encode(e: &TagEntry) -> [u8; SLOT_BYTES as usize] {
+    let mut s = [0u8; SLOT_BYTES as usize];
+    s[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    s[4..12].copy_from_slice(&e.tag.to_le_bytes());
+    s[12..20].copy_from_slice(&e.lba.to_le_bytes());
+    s[20..28].copy_from_slice(&e.blocks.to_le_bytes());
+    let c = crc(&s[..28]);
+    s[28..32].copy_from_slice(&c.to_le_bytes());
+    s
+}
+
+fn decode(s: &[u8]) -> Option<TagEntry> {
+    let word = |r: std::ops::Range<usize>| s.get(r).map(|b| b.to_vec());
+    let magic = u32::from_le_bytes(word(0..4)?.try_into().ok()?);
+    let c = u32::from_le_bytes(word(28..32)?.try_into().ok()?);
+    // A torn slot fails the checksum and counts as absent: its data write
+    // never completed on this leg either (the entry goes first).
+    if magic != MAGIC || c != crc(s.get(..28)?) {
+        return None;
+    }
+    Some(TagEntry {
+        tag: u64::from_le_bytes(word(4..12)?.try_into().ok()?),
+        lba: u64::from_le_bytes(word(12..20)?.try_into().ok()?),
+        blocks: u64::from_le_bytes(word(20..28)?.try_into().ok()?),
+    })
+}
+
+/// One leg's tag table.
+#[derive(Debug, Clone)]
+pub struct TagTable {
+    store: Arc<dyn Backend>,
+}
+
+impl TagTable {
+    pub fn new(store: Arc<dyn Backend>) -> io::Result<Self> {
+        if store.len() < store_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "tag store too small",
+            ));
+        }
+        Ok(Self { store })
+    }
+
+    fn offset(tag: u64) -> u64 {
+        (tag % TAG_SLOTS) * SLOT_BYTES
+    }
+
+    /// Durably records an entry (FUA) before the leg's data write.
+    pub fn record(&self, e: &TagEntry) -> io::Result<()> {
+        self.store.write_at(Self::offset(e.tag), &encode(e), true)
+    }
+
+    /// Clears the slots of `tags`, then makes that durable once.
+    pub fn retire(&self, tags: &[u64]) -> io::Result<()> {
+        let zero = [0u8; SLOT_BYTES as usize];
+        for t in tags {
+            self.store.write_at(Self::offset(*t), &zero, false)?;
+        }
+        self.store.flush()
+    }
+
+    pub fn entries(&self) -> io::Result<Vec<TagEntry>> {
+        let mut buf = vec![0u8; store_bytes() as usize];
+        self.store.read_at(0, &mut buf)?;
+        let mut out: Vec<TagEntry> = buf.chunks(SLOT_BYTES as usize).filter_map(decode).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Empties the table (a re-attached leg starts clean: its old entries
+    /// describe writes the resync supersedes).
+    pub fn wipe(&self) -> io::Result<()> {
+        self.store
+            .write_at(0, &vec![0u8; store_bytes() as usize], false)?;
+        self.store.flush()
+    }
+}
+
+/// The volume's tag generator and retirement queue.
+#[derive(Debug)]
+pub struct Tags {
+    pub tables: BTreeMap<usize, TagTable>,
+    state: parking_lot::Mutex<TagState>,
+}
+
+#[derive(Debug, Default)]
+struct TagState {
+    next: u64,
+    /// Issued and not yet retired (in flight or awaiting a batch).
+    unretired: BTreeSet<u64>,
+    /// Completed on every leg, waiting for the next batch.
+    done: Vec<u64>,
+}
+
+impl Tags {
+    pub fn new(tables: BTreeMap<usize, TagTable>, next: u64) -> Self {
+        Self {
+            tables,
+            state: parking_lot::Mutex::new(TagState {
+                next: next.max(1),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// A new tag, or None while its slot still holds an unretired tag (the
+    /// caller retires a batch and retries).
+    pub fn issue(&self) -> Option<u64> {
+        let mut s = self.state.lock();
+        let t = s.next;
+        if let Some(&oldest) = s.unretired.first() {
+            if t >= oldest + TAG_SLOTS {
+                return None;
+            }
+        }
+        s.next += 1;
+        s.unretired.insert(t);
+        Some(t)
+    }
+
+    /// Marks a tag complete on every leg; returns a batch to retire when
+    /// one is due.
+    pub fn complete(&self, tag: u64, force: bool) -> Option<Vec<u64>> {
+        let mut s = self.state.lock();
+        s.done.push(tag);
+        if s.done.len() >= RETIRE_BATCH || force {
+            return Some(std::mem::take(&mut s.done));
+        }
+        None
+    }
+
+    /// Takes whatever is waiting to be retired.
+    pub fn take_done(&self) -> Vec<u64> {
+        std::mem::take(&mut self.state.lock().done)
+    }
+
+    /// Retires `batch` on the tables of `legs`, then frees the slots.
+    pub fn retire(&self, batch: &[u64], legs: &[usize]) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for l in legs {
+            if let Some(t) = self.tables.get(l) {
+                t.retire(batch)?;
+            }
+        }
+        let mut s = self.state.lock();
+        for t in batch {
+            s.unretired.remove(t);
+        }
+        Ok(())
+    }
+
+    pub fn unretired(&self) -> usize {
+        self.state.lock().unretired.len()
+    }
+}
+
+/// Ranges to copy after a crash: for each mirror (a group of sibling leg
+/// ids, only those usable), every entry some legs hold and others lack, in
+/// tag order, as (entry, source leg, legs lacking it).
+pub fn unmatched(
+    groups: &[Vec<usize>],
+    tables: &BTreeMap<usize, Vec<TagEntry>>,
+) -> Vec<(TagEntry, usize, Vec<usize>)> {
+    let mut out = Vec::new();
+    for g in groups {
+        let mut all: BTreeSet<TagEntry> = BTreeSet::new();
+        for l in g {
+            if let Some(es) = tables.get(l) {
+                all.extend(es.iter().copied());
+            }
+        }
+        for e in all {
+            let has: Vec<usize> = g
+                .iter()
+                .copied()
+                .filter(|l| tables.get(l).is_some_and(|es| es.binary_search(&e).is_ok()))
+                .collect();
+            if has.len() == g.len() {
+                continue;
+            }
+            let lacking: Vec<usize> = g.iter().copied().filter(|l| !has.contains(l)).collect();
+            out.push((e, has[0], lacking));
+        }
+    }
+    // Tag order: an older torn retirement is undone before a newer partial
+    // write is copied, so overlapping ranges end identical on every leg.
+    out.sort_by_key(|x| x.0.tag);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemBackend;
+
+    #[test]
+    fn record_retire_and_match() {
+        let mk = || TagTable::new(Arc::new(MemBackend::new(store_bytes()).unwrap())).unwrap();
+        let (a, b) = (mk(), mk());
+        let e1 = TagEntry {
+            tag: 4,
+            lba: 14,
+            blocks: 1,
+        };
+        let e2 = TagEntry {
+            tag: 51,
+            lba: 30,
+            blocks: 1,
+        };
+        for t in [&a, &b] {
+            t.record(&e1).unwrap();
+        }
+        a.record(&e2).unwrap();
+        let mut m = BTreeMap::new();
+        m.insert(0, a.entries().unwrap());
+        m.insert(1, b.entries().unwrap());
+        let u = unmatched(&[vec![0, 1]], &m);
+        assert_eq!(u, vec![(e2, 0, vec![1])]);
+        a.retire(&[4, 51]).unwrap();
+        assert!(a.entries().unwrap().is_empty());
+        let tags = Tags::new(BTreeMap::new(), 1);
+        for _ in 0..TAG_SLOTS {
+            assert!(tags.issue().is_some());
+        }
+        assert_eq!(tags.issue(), None, "slot of tag 1 not yet retired");
+        tags.retire(&[1], &[]).unwrap();
+        assert!(tags.issue().is_some());
+    }
+}
