@@ -206,7 +206,12 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
             });
             return Ok(json!({"volume": volume, "to": path, "migration": "started"}));
         }
-        Request::Sessions => return Ok(sessions(server)),
+        Request::Sessions => {
+            return Ok(json!({
+                "iscsi": sessions(server),
+                "nvme": controllers(server),
+            }))
+        }
         Request::Save => {
             let path = ctx.config_path.as_ref().ok_or_else(|| {
                 anyhow!("vtgt runs on its embedded default; no config file to save to")
@@ -404,12 +409,51 @@ async fn status(server: &Server) -> Result<Value> {
             })
         })
         .collect();
+    let subsystems: Vec<Value> = server
+        .nvme
+        .subsystems
+        .iter()
+        .filter(|s| !s.discovery)
+        .map(|s| {
+            json!({
+                "nqn": s.nqn,
+                "allow_any_host": s.allow_any_host,
+                "allowed_hosts": s.allowed_hosts,
+                "namespaces": s.namespaces.values()
+                    .map(|n| json!({"nsid": n.nsid, "volume": n.entry.volume.name()}))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     Ok(json!({
         "iscsi_portals": server.iscsi_addrs,
+        "nvme_ports": server.nvme_addrs,
         "targets": targets,
+        "subsystems": subsystems,
+        "controllers": server.nvme.controllers.all().len(),
         "volumes": vols,
         "sessions": server.iscsi.sessions.len(),
     }))
+}
+
+fn controllers(server: &Server) -> Vec<Value> {
+    server
+        .nvme
+        .controllers
+        .all()
+        .iter()
+        .map(|c| {
+            json!({
+                "cntlid": c.cntlid,
+                "subsystem": c.subsys.nqn,
+                "hostnqn": c.hostnqn,
+                "hostid": c.hostid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "io_queues": c.io_queues.load(std::sync::atomic::Ordering::Relaxed),
+                "volatile_write_cache": c.vwc.load(std::sync::atomic::Ordering::Relaxed),
+                "connected_secs": c.created.elapsed().as_secs(),
+            })
+        })
+        .collect()
 }
 
 fn sessions(server: &Server) -> Value {

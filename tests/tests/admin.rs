@@ -150,6 +150,10 @@ async fn acl_and_chap_apply_to_new_logins_without_dropping_sessions() {
         vec!["iqn.2026-11.test:ok".to_string()]
     );
     let sessions = admin::handle(&ctx, Request::Sessions).await.unwrap();
-    assert_eq!(sessions.as_array().unwrap().len(), 2);
-    assert_eq!(sessions[0]["negotiated"]["error_recovery_level"], 0);
+    assert_eq!(sessions["iscsi"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        sessions["iscsi"][0]["negotiated"]["error_recovery_level"],
+        0
+    );
+    assert_eq!(sessions["nvme"].as_array().unwrap().len(), 0);
 }
