@@ -90,21 +90,23 @@ pub fn check_len(cdb: &[u8]) -> Result<(), FieldError> {
     }
 }
 
-fn be16(c: &[u8], at: usize) -> u16 {
+/// Big-endian fields of CDBs and parameter lists; 0 when `c` is too
+/// short, so callers that checked lengths never panic and others read 0.
+pub fn be16(c: &[u8], at: usize) -> u16 {
     match c.get(at..at + 2) {
         Some(b) => u16::from_be_bytes([b[0], b[1]]),
         None => 0,
     }
 }
 
-fn be32(c: &[u8], at: usize) -> u32 {
+pub fn be32(c: &[u8], at: usize) -> u32 {
     match c.get(at..at + 4) {
         Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
         None => 0,
     }
 }
 
-fn be64(c: &[u8], at: usize) -> u64 {
+pub fn be64(c: &[u8], at: usize) -> u64 {
     match c.get(at..at + 8) {
         Some(b) => {
             let mut a = [0u8; 8];

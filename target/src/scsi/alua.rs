@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use parking_lot::RwLock;
 use vtgt_engine::{NexusId, Notice};
+use vtgt_protocol::scsi::cdb::be32;
 use vtgt_protocol::scsi::cdb::op;
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
@@ -177,10 +178,6 @@ pub fn check_access(lu: &LogicalUnit, cmd: &ScsiCommand<'_>) -> Result<(), Sense
         return Err(Sense::new(key::NOT_READY, TARGET_PORT_IN_STANDBY));
     }
     Ok(())
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// REPORT TARGET PORT GROUPS: length-only or extended header format.

@@ -4,6 +4,7 @@
 //! write to the volume (fast path, other sessions, other portals) respects.
 
 use bytes::{Bytes, BytesMut};
+use vtgt_protocol::scsi::cdb::{be16, be32, be64};
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::lu::LogicalUnit;
@@ -23,20 +24,6 @@ pub const MAX_ATOMIC_BLOCKS: u32 = 2048;
 /// atomic write never shares a file system block with another one.
 pub const ATOMIC_ALIGNMENT: u32 = 8;
 pub const ATOMIC_GRANULARITY: u32 = 8;
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
 
 fn with_out(bytes: usize) -> ScsiResult {
     ScsiResult {

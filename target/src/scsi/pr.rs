@@ -6,6 +6,7 @@
 
 use vtgt_engine::reservation::{PrEffects, RegistrationStatus, MAX_IDENTITY};
 use vtgt_engine::{ItNexus, NexusId, PrError, PrRequest, PrType, Standing};
+use vtgt_protocol::scsi::cdb::{be16, be32, be64};
 use vtgt_protocol::scsi::cdb::{op, sa};
 use vtgt_protocol::scsi::sense::{Asc, Sense};
 
@@ -67,28 +68,6 @@ fn is_nvme_identity(name: &str) -> bool {
     let p = crate::nvme::pr::IDENTITY_PREFIX;
     name.get(..p.len())
         .is_some_and(|h| h.eq_ignore_ascii_case(p))
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .map(|x| u16::from_be_bytes([x[0], x[1]]))
-        .unwrap_or(0)
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
-        .unwrap_or(0)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .map(|x| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(x);
-            u64::from_be_bytes(a)
-        })
-        .unwrap_or(0)
 }
 
 /// The PARAMETER LIST LENGTH of a PERSISTENT RESERVE OUT CDB.

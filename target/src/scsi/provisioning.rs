@@ -6,6 +6,7 @@
 //! all-zero WRITE SAME with UNMAP may deallocate instead of writing.
 
 use bytes::{Bytes, BytesMut};
+use vtgt_protocol::scsi::cdb::{be16, be32, be64};
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::lu::LogicalUnit;
@@ -33,20 +34,6 @@ const WRITE_SAME_CHUNK: usize = 1 << 20;
 /// Most descriptors one GET LBA STATUS returns, and how far it looks.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 1024;
 const LBA_STATUS_WINDOW: u64 = 1 << 24;
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
 
 fn data_protect() -> Sense {
     Sense::new(key::DATA_PROTECT, Asc::WRITE_PROTECTED)

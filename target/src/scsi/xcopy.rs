@@ -12,6 +12,7 @@ use std::sync::{Arc, LazyLock, Weak};
 
 use parking_lot::Mutex;
 use vtgt_engine::{copy::copy_blocks, NexusId, Volume};
+use vtgt_protocol::scsi::cdb::{be16, be32, be64};
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::inquiry::naa6;
@@ -96,20 +97,6 @@ impl CopyManager {
             .find(|x| x.nexus == nexus && x.list_id == list_id)
             .copied()
     }
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
 }
 
 fn aborted(asc: Asc) -> Sense {
