@@ -8,6 +8,7 @@ use vtgt_engine::{Exposure, LuControl, MemBackend, NexusId, Volume};
 use vtgt_protocol::scsi::sense::{key, Asc, FieldPointer, Sense};
 
 use super::sanitize::{self, Operation};
+use super::tests::{assert_good, sense};
 use super::*;
 
 const BLOCKS: u64 = 1024;
@@ -61,24 +62,6 @@ async fn exec(lu: &LogicalUnit, cdb: &[u8], nexus: NexusId, data: Vec<u8>) -> Sc
 
 async fn run(lu: &LogicalUnit, cdb: &[u8]) -> ScsiResult {
     exec(lu, cdb, 1, Vec::new()).await
-}
-
-fn sense(r: &ScsiResult) -> Sense {
-    assert_eq!(
-        r.status,
-        status::CHECK_CONDITION,
-        "expected CHECK CONDITION"
-    );
-    Sense::parse(r.sense.as_ref().expect("sense data")).expect("parsable sense")
-}
-
-fn assert_good(r: &ScsiResult) {
-    assert_eq!(
-        r.status,
-        status::GOOD,
-        "sense: {:?}",
-        r.sense.as_ref().map(|s| Sense::parse(s))
-    );
 }
 
 fn sanitize_cdb(b1: u8, param_len: u16) -> [u8; 10] {

@@ -8,7 +8,9 @@ use vtgt_engine::{Exposure, FaultReason, LuControl, MemBackend, NexusId, Volume}
 use vtgt_protocol::scsi::sense::{key, Asc, Sense};
 
 use super::pr::{prin, prout};
+use super::tests::{assert_good as good, sense};
 use super::*;
+use vtgt_protocol::scsi::cdb::{be32, be64};
 
 const A: NexusId = 11;
 const B: NexusId = 12;
@@ -84,33 +86,9 @@ async fn pri(lu: &LogicalUnit, n: NexusId, sa: u16, alloc: u16) -> ScsiResult {
     run(lu, n, &c, Vec::new()).await
 }
 
-fn good(r: &ScsiResult) {
-    assert_eq!(
-        r.status,
-        status::GOOD,
-        "sense {:?}",
-        r.sense.as_ref().map(|s| Sense::parse(s))
-    );
-}
-
 fn conflict(r: &ScsiResult) {
     assert_eq!(r.status, status::RESERVATION_CONFLICT);
     assert!(r.sense.is_none());
-}
-
-fn sense(r: &ScsiResult) -> Sense {
-    assert_eq!(r.status, status::CHECK_CONDITION);
-    Sense::parse(r.sense.as_ref().unwrap()).unwrap()
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
 }
 
 const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];

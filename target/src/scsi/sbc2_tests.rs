@@ -8,6 +8,7 @@ use vtgt_engine::{Exposure, FileBackend, LuControl, MemBackend, Volume};
 use vtgt_protocol::scsi::sense::{key, Asc, FieldPointer, Sense};
 
 use super::alua::AccessState;
+use super::tests::{assert_good as good, sense};
 use super::*;
 
 const BLOCKS: u64 = 1024;
@@ -66,24 +67,6 @@ async fn exec(
 
 async fn run(lu: &LogicalUnit, cdb: &[u8], data: Vec<u8>) -> ScsiResult {
     exec(lu, cdb, data, 1, PORT).await
-}
-
-fn sense(r: &ScsiResult) -> Sense {
-    assert_eq!(
-        r.status,
-        status::CHECK_CONDITION,
-        "expected CHECK CONDITION"
-    );
-    Sense::parse(r.sense.as_ref().expect("sense")).expect("parsable sense")
-}
-
-fn good(r: &ScsiResult) {
-    assert_eq!(
-        r.status,
-        status::GOOD,
-        "sense: {:?}",
-        r.sense.as_ref().map(|s| Sense::parse(s))
-    );
 }
 
 fn c16(opcode: u8, b1: u8, lba: u64, n: u32) -> [u8; 16] {

@@ -52,7 +52,8 @@ async fn run_data(lu: &LogicalUnit, cdb: &[u8], data: Vec<u8>) -> ScsiResult {
     execute(lu, cmd(cdb, 1, data)).await
 }
 
-fn sense(r: &ScsiResult) -> Sense {
+/// The sense data of a CHECK CONDITION (shared by the SCSI test modules).
+pub(super) fn sense(r: &ScsiResult) -> Sense {
     assert_eq!(
         r.status,
         status::CHECK_CONDITION,
@@ -61,7 +62,7 @@ fn sense(r: &ScsiResult) -> Sense {
     Sense::parse(r.sense.as_ref().expect("sense data")).expect("parsable sense")
 }
 
-fn assert_good(r: &ScsiResult) {
+pub(super) fn assert_good(r: &ScsiResult) {
     assert_eq!(
         r.status,
         status::GOOD,
