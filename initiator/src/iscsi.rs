@@ -207,20 +207,7 @@ impl Session {
             let Some(req) = login.next_request() else {
                 return Err(SessionError::LoginProtocol("no request to send".into()));
             };
-            let hdr = pdu::LoginRequestHdr {
-                transit: req.transit,
-                cont: req.cont,
-                csg: req.csg.bits(),
-                nsg: req.nsg.bits(),
-                version_max: req.version_max,
-                version_min: req.version_min,
-                isid: req.isid,
-                tsih: req.tsih,
-                itt: req.itt,
-                cid: req.cid,
-                cmdsn: req.cmdsn,
-                exp_statsn,
-            };
+            let hdr = req.header(exp_statsn);
             let mut out = BytesMut::new();
             Pdu::new(hdr.to_bhs(), Bytes::from(req.data)).encode(&mut out, Digests::default());
             wr.write_all(&out).await?;

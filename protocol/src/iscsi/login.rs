@@ -116,6 +116,25 @@ pub struct LoginRequestOwned {
 }
 
 impl LoginRequestOwned {
+    /// The Login Request header carrying this request; ExpStatSN is the
+    /// sender's, current when the PDU goes out.
+    pub fn header(&self, exp_statsn: u32) -> super::pdu::LoginRequestHdr {
+        super::pdu::LoginRequestHdr {
+            transit: self.transit,
+            cont: self.cont,
+            csg: self.csg.bits(),
+            nsg: self.nsg.bits(),
+            version_max: self.version_max,
+            version_min: self.version_min,
+            isid: self.isid,
+            tsih: self.tsih,
+            itt: self.itt,
+            cid: self.cid,
+            cmdsn: self.cmdsn,
+            exp_statsn,
+        }
+    }
+
     pub fn as_request(&self) -> LoginRequest<'_> {
         LoginRequest {
             transit: self.transit,

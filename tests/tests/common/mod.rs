@@ -326,20 +326,7 @@ impl RawConn {
         let mut exp_statsn = 0u32;
         let params = loop {
             let req = login.next_request().expect("a login request");
-            let hdr = pdu::LoginRequestHdr {
-                transit: req.transit,
-                cont: req.cont,
-                csg: req.csg.bits(),
-                nsg: req.nsg.bits(),
-                version_max: req.version_max,
-                version_min: req.version_min,
-                isid: req.isid,
-                tsih: req.tsih,
-                itt: req.itt,
-                cid: req.cid,
-                cmdsn: req.cmdsn,
-                exp_statsn,
-            };
+            let hdr = req.header(exp_statsn);
             let mut out = BytesMut::new();
             Pdu::new(hdr.to_bhs(), Bytes::from(req.data)).encode(&mut out, Digests::default());
             stream.write_all(&out).await.unwrap();
