@@ -65,6 +65,8 @@ pub struct Volume {
     tags: Option<Arc<Tags>>,
     /// What crash reconciliation found and copied at open.
     reconcile: parking_lot::Mutex<ReconcileReport>,
+    /// Says whether the tag tables survived; marked clean by `close`.
+    tag_session: Option<Arc<crate::tags::TagSession>>,
     /// Write journaling: the journal every host write is also appended to.
     wjournal: arc_swap::ArcSwapOption<WriteJournal>,
     /// Empty journals to swap in when the active one fills.
@@ -82,6 +84,9 @@ pub struct ReconcileReport {
     /// Entries only some legs held: their ranges were copied.
     pub unmatched: u64,
     pub copied_bytes: u64,
+    /// The machine restarted while the volume was open, so the tables
+    /// could not be trusted and the legs were copied whole.
+    pub full_copy: bool,
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +214,25 @@ impl Volume {
         meta_path: Option<&Path>,
         tag_stores: BTreeMap<usize, Arc<dyn Backend>>,
     ) -> Result<Arc<Self>, EngineError> {
+        let boot = crate::tags::boot_id();
+        Self::with_layout_tagged_on(
+            name, backends, layout, block_size, meta_path, tag_stores, &boot,
+        )
+    }
+
+    /// [`Volume::with_layout_tagged`] as if the kernel's boot id were
+    /// `boot`: with a `meta_path`, a volume left open by an earlier boot
+    /// (a machine crash) has its legs copied whole, since the tables only
+    /// lived in the page cache.
+    pub fn with_layout_tagged_on(
+        name: &str,
+        backends: Vec<Arc<dyn Backend>>,
+        layout: &Layout,
+        block_size: u32,
+        meta_path: Option<&Path>,
+        tag_stores: BTreeMap<usize, Arc<dyn Backend>>,
+        boot: &str,
+    ) -> Result<Arc<Self>, EngineError> {
         let v = Self::with_layout(name, backends, layout, block_size, meta_path)?;
         let mut v = Arc::try_unwrap(v).map_err(|_| invalid("volume shared while opening"))?;
         if !v.mirrored || tag_stores.is_empty() {
@@ -222,14 +246,37 @@ impl Volume {
                 .ok_or_else(|| invalid("a mirror leg has no tag store"))?;
             tables.insert(*id, TagTable::new(store.clone())?);
         }
-        let next = v.reconcile_tags(&tables)?;
+        let session = meta_path.map(|p| p.with_extension("tagsession"));
+        let trusted = match &session {
+            Some(p) => crate::tags::TagSession::trusted(p, boot)?,
+            None => true,
+        };
+        let next = v.reconcile_tags(&tables, trusted)?;
+        if let Some(p) = session {
+            v.tag_session = Some(Arc::new(crate::tags::TagSession::begin(&p, boot)?));
+        }
         v.tags = Some(Arc::new(Tags::new(tables, next)));
         Ok(Arc::new(v))
     }
 
+    /// Flushes, and marks an orderly close for the tag tables (so opening
+    /// after a machine restart trusts them).
+    pub async fn close(&self) -> Result<(), EngineError> {
+        self.flush().await?;
+        if let Some(s) = self.tag_session.clone() {
+            blocking(move || Ok(s.close()?)).await?;
+        }
+        Ok(())
+    }
+
     /// Compares the Up legs' tag tables per mirror and copies unmatched
-    /// ranges; then empties the Up legs' tables. Returns the next tag.
-    fn reconcile_tags(&self, tables: &BTreeMap<usize, TagTable>) -> Result<u64, EngineError> {
+    /// ranges (everything, from the first Up leg, when the tables are not
+    /// `trusted`); then empties the Up legs' tables. Returns the next tag.
+    fn reconcile_tags(
+        &self,
+        tables: &BTreeMap<usize, TagTable>,
+        trusted: bool,
+    ) -> Result<u64, EngineError> {
         let map = self.map.load_full();
         let up: BTreeSet<usize> = map
             .legs()
@@ -252,10 +299,31 @@ impl Volume {
             .map(|g| g.into_iter().filter(|l| up.contains(l)).collect::<Vec<_>>())
             .filter(|g| g.len() > 1)
             .collect();
-        let todo = crate::tags::unmatched(&groups, &entries);
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
-        let mut report = ReconcileReport::default();
+        let todo = if trusted {
+            crate::tags::unmatched(&groups, &entries)
+        } else {
+            // Whole-volume copies in 1 MiB pieces; a piece resolves to the
+            // parts of it that live on each mirror.
+            let step = (1 << 20) / bs;
+            let mut all = Vec::new();
+            for g in &groups {
+                for lba in (0..nb).step_by(step.max(1) as usize) {
+                    let e = TagEntry {
+                        tag: 0,
+                        lba,
+                        blocks: step.min(nb - lba),
+                    };
+                    all.push((e, g[0], g[1..].to_vec()));
+                }
+            }
+            all
+        };
+        let mut report = ReconcileReport {
+            full_copy: !trusted,
+            ..Default::default()
+        };
         for (e, src, lacking) in &todo {
             if e.lba >= nb {
                 continue;
@@ -287,8 +355,11 @@ impl Volume {
                     .len() as u64
             })
             .sum::<u64>()
-            - todo.len() as u64;
-        if !todo.is_empty() {
+            .saturating_sub(todo.len() as u64);
+        if !trusted {
+            tracing::warn!(volume = %self.name, bytes = report.copied_bytes,
+                "the machine restarted with the mirror open: legs copied whole");
+        } else if !todo.is_empty() {
             tracing::warn!(volume = %self.name, ranges = report.unmatched, bytes = report.copied_bytes,
                 "mirror legs reconciled after a crash");
         }
@@ -349,6 +420,7 @@ impl Volume {
             resync_copied: AtomicU64::new(0),
             tags: None,
             reconcile: parking_lot::Mutex::new(ReconcileReport::default()),
+            tag_session: None,
             wjournal: arc_swap::ArcSwapOption::empty(),
             wj_spares: parking_lot::Mutex::new(Vec::new()),
             wj_sealed: parking_lot::Mutex::new(Vec::new()),
@@ -768,15 +840,13 @@ impl Volume {
     }
 
     /// A tagged write finished on every leg: queue its entry for
-    /// retirement; a full batch is retired in the background, after the
-    /// data it covers is flushed.
+    /// retirement; a full batch is retired in the background.
     pub(crate) fn finish_tag(&self, tag: Option<u64>) {
         let (Some(tag), Some(tags)) = (tag, &self.tags) else {
             return;
         };
         if let Some(batch) = tags.complete(tag, false) {
             let tags = tags.clone();
-            let backends = self.backends();
             let live: Vec<usize> = self
                 .map
                 .load()
@@ -787,7 +857,7 @@ impl Volume {
                 .collect();
             let name = self.name.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = retire_batch(&backends, &tags, &batch, &live) {
+                if let Err(e) = tags.retire(&batch, &live) {
                     tracing::warn!(volume = %name, "tag retirement failed: {e}");
                 }
             });
@@ -1148,7 +1218,14 @@ impl Volume {
             .collect();
         blocking(move || {
             match tags {
-                Some(t) => retire_batch(&backends, &t, &t.take_done(), &live)?,
+                Some(t) => {
+                    // Taken before the flush: only writes it covers retire.
+                    let done = t.take_done();
+                    for b in backends.iter() {
+                        b.flush()?;
+                    }
+                    t.retire(&done, &live)?;
+                }
                 None => {
                     for b in backends.iter() {
                         b.flush()?;
@@ -1301,20 +1378,6 @@ pub(crate) fn write_targets(
     failures
 }
 
-/// Flushes the legs' data, then clears a batch of tag entries on the live
-/// legs' tables: an entry may only go once the write it covers is durable.
-fn retire_batch(
-    backends: &[Arc<dyn Backend>],
-    tags: &Tags,
-    batch: &[u64],
-    live: &[usize],
-) -> std::io::Result<()> {
-    for b in backends {
-        b.flush()?;
-    }
-    tags.retire(batch, live)
-}
-
 /// A host write's (or discard's) downstream I/O, ready for a blocking thread.
 pub(crate) struct HostIo {
     backends: Arc<Vec<Arc<dyn Backend>>>,
@@ -1363,59 +1426,55 @@ impl HostIo {
             }
         }
         let used = entry.map(|e| e.tag);
-        // Synchronous legs (a tag entry, or FUA data) run in parallel, one
-        // thread per leg, so a mirrored write costs one device round trip,
-        // not one per leg. Page-cache writes are cheaper than a thread.
-        if mirrored && groups.len() > 1 && (entry.is_some() || fua) {
-            let failures = std::thread::scope(|sc| {
-                let handles: Vec<_> = groups
-                    .iter()
-                    .map(|(leg, ts)| sc.spawn(move || self.leg_io(*leg, ts, entry, data, fua)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            targets
-                                .first()
-                                .map(|t| {
-                                    (
-                                        Target { leg: None, ..*t },
-                                        std::io::Error::other("leg writer panicked"),
-                                    )
-                                })
-                                .into_iter()
-                                .collect()
-                        })
-                    })
-                    .collect()
-            });
-            return (failures, used);
-        }
-        let failures = groups
-            .iter()
-            .flat_map(|(leg, ts)| self.leg_io(*leg, ts, entry, data, fua))
-            .collect();
-        (failures, used)
-    }
-
-    /// One leg's share of a host write: its tag entry first (durably), then
-    /// its data. A leg whose entry cannot be recorded gets no data.
-    fn leg_io(
-        &self,
-        leg: Option<usize>,
-        targets: &[Target],
-        entry: Option<TagEntry>,
-        data: Option<&[u8]>,
-        fua: bool,
-    ) -> Vec<(Target, std::io::Error)> {
-        if let (Some(l), Some(e), Some(tags)) = (leg, entry, &self.tags) {
-            if let Some(table) = tags.tables.get(&l) {
+        let mut failures = Vec::new();
+        // Each leg's entry is durable before any of its data is written; a
+        // leg that cannot record it gets no data.
+        if let (Some(e), Some(tags)) = (entry, &self.tags) {
+            let legs: Vec<usize> = groups.keys().flatten().copied().collect();
+            for leg in legs {
+                let Some(table) = tags.tables.get(&leg) else {
+                    continue;
+                };
                 if let Err(err) = table.record(&e) {
-                    return targets.first().map(|t| (*t, err)).into_iter().collect();
+                    if let Some(ts) = groups.remove(&Some(leg)) {
+                        failures.extend(ts.first().map(|t| (*t, err)));
+                    }
                 }
             }
         }
+        // FUA legs run in parallel, one thread per leg, so a mirrored write
+        // costs one device round trip, not one per leg. Page-cache writes
+        // are cheaper than a thread.
+        if mirrored && groups.len() > 1 && fua {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = groups
+                    .values()
+                    .map(|ts| (ts[0], sc.spawn(move || self.leg_io(ts, data, fua))))
+                    .collect();
+                for (first, h) in handles {
+                    match h.join() {
+                        Ok(f) => failures.extend(f),
+                        Err(_) => {
+                            failures.push((first, std::io::Error::other("leg writer panicked")))
+                        }
+                    }
+                }
+            });
+            return (failures, used);
+        }
+        for ts in groups.values() {
+            failures.extend(self.leg_io(ts, data, fua));
+        }
+        (failures, used)
+    }
+
+    /// One leg's share of a host write.
+    fn leg_io(
+        &self,
+        targets: &[Target],
+        data: Option<&[u8]>,
+        fua: bool,
+    ) -> Vec<(Target, std::io::Error)> {
         let bs = self.bs;
         let mut failures = Vec::new();
         for t in targets {
@@ -1452,7 +1511,7 @@ impl HostIo {
                 ));
             }
             let batch = tags.take_done();
-            if batch.is_empty() || retire_batch(&self.backends, tags, &batch, &self.live).is_err() {
+            if batch.is_empty() || tags.retire(&batch, &self.live).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }

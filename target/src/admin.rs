@@ -367,6 +367,7 @@ pub fn mirror_json(v: &vtgt_engine::Volume) -> Value {
             "matched": v.reconcile_report().matched,
             "unmatched": v.reconcile_report().unmatched,
             "copied_bytes": v.reconcile_report().copied_bytes,
+            "full_copy": v.reconcile_report().full_copy,
         },
         "region_bytes": st.region_blocks * v.block_size() as u64,
         "resync": {

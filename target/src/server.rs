@@ -398,9 +398,9 @@ impl Server {
         }
         for (name, v) in &self.state.lock().await.volumes {
             v.volume
-                .flush()
+                .close()
                 .await
-                .with_context(|| format!("flushing volume {name}"))?;
+                .with_context(|| format!("closing volume {name}"))?;
         }
         Ok(())
     }
