@@ -58,11 +58,20 @@ name = "bench"
 backend = "file"
 path = "bench.img"
 size = "1GiB"
+[[volume]]
+name = "mirror"
+backend = "file"
+size = "1GiB"
+[volume.layout]
+mirror = [{ file = "mirror-0.img" }, { file = "mirror-1.img" }]
 [[target]]
 name = "iqn.2026-11.org.vtgt:bench"
 [[target.lun]]
 id = 0
 volume = "bench"
+[[target.lun]]
+id = 1
+volume = "mirror"
 [[subsystem]]
 nqn = "nqn.2026-11.org.vtgt:bench"
 allow_any_host = true
@@ -75,7 +84,7 @@ vportal=$(echo "$PORTALS" | head -1)
 
 # Fill both LUNs so reads hit allocated blocks, not holes.
 dd if=/dev/urandom of="$work/fill" bs=1M count=64 status=none
-for f in "$work/tgt.img" "$work/vdata/bench.img"; do
+for f in "$work/tgt.img" "$work/vdata/bench.img" "$work/vdata/mirror-0.img" "$work/vdata/mirror-1.img"; do
     for i in $(seq 0 15); do
         dd if="$work/fill" of="$f" bs=1M seek=$((i * 64)) conv=notrunc status=none
     done
@@ -149,6 +158,16 @@ if "$bin" bench --help 2>/dev/null | grep -q nvme; then
     point "128K seq read QD8" "MB/s" "nb --rw read --bs 128k --qd 8 | jq .mb_per_sec" \
         "bench $vportal $vt 0 --rw read --bs 128k --qd 8 | jq .mb_per_sec"
 fi
+
+echo "== vtgt 2-leg mirror (tagged) vs plain volume"
+{
+    echo
+    echo "| point (vtgt iSCSI) | metric | mirror (median) | plain (median) | mirror/plain per pair |"
+    echo "|---|---|---|---|---|"
+} >>"$report"
+point "4K rand write QD32" IOPS \
+    "bench $vportal $vt 1 --rw randwrite --bs 4k --qd 32 | jq .iops" \
+    "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
 
 echo "== loopback ceiling (iperf3, one stream)"
 ip_port=$(free_port)
