@@ -32,7 +32,7 @@ pub use layout::Layout;
 pub use mirror::ResyncStatus;
 pub use rangelock::{RangeGuard, RangeLocks};
 pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
-pub use volume::{MirrorStatus, ReconcileReport, Volume};
+pub use volume::{MigrationLog, MigrationRecord, MirrorStatus, ReconcileReport, Volume};
 
 /// Identity of an I_T nexus (or NVMe host/controller pair), assigned by the
 /// front end. The engine only compares these.

@@ -5,7 +5,18 @@
 //! read-write). Advancing: set the barrier, drain, lock, copy, point the
 //! unit at the new backend. Done when everything is copied; the old
 //! backends are then released.
+//!
+//! With a [`MigrationLog`], each unit is durable on the new backend and
+//! its progress recorded before the map sends host writes there, so a
+//! crash neither loses those writes (the old backend no longer has them)
+//! nor starts the copy over: the volume reopens with the copied part on
+//! the new backend and the migration resumes.
 
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::Backend;
@@ -86,11 +97,210 @@ fn staged(old: &ExtentMap, new_backend: usize, done: u64, barrier: u64, nb: u64)
     ExtentMap::from_parts(extents, redirects)
 }
 
+/// What a [`MigrationLog`] holds: where the volume is going and how far
+/// the copy got (blocks from 0 that live on the new backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationRecord {
+    /// Where the volume was when the migration started.
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub done_blocks: u64,
+    pub total_blocks: u64,
+    pub complete: bool,
+}
+
+const LOG_MAGIC: &[u8; 4] = b"VTMG";
+const LOG_SLOT: usize = 512;
+/// Bytes of the two paths a record holds (the rest is the header).
+const LOG_PATHS_MAX: usize = LOG_SLOT - 40;
+
+/// Durable migration progress: two 512-byte slots written in turn, each
+/// with a sequence number and a checksum, so a torn update leaves the
+/// previous record readable.
+#[derive(Debug)]
+pub struct MigrationLog {
+    file: File,
+    from: PathBuf,
+    to: PathBuf,
+    total_blocks: u64,
+    seq: parking_lot::Mutex<u64>,
+}
+
+fn encode_record(seq: u64, r: &MigrationRecord) -> io::Result<[u8; LOG_SLOT]> {
+    let to = r.to.as_os_str().as_bytes();
+    let from = r.from.as_os_str().as_bytes();
+    if to.len() + from.len() > LOG_PATHS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "migration paths too long",
+        ));
+    }
+    let mut s = [0u8; LOG_SLOT];
+    s[0..4].copy_from_slice(LOG_MAGIC);
+    s[4..12].copy_from_slice(&seq.to_le_bytes());
+    s[12..20].copy_from_slice(&r.done_blocks.to_le_bytes());
+    s[20..28].copy_from_slice(&r.total_blocks.to_le_bytes());
+    s[28] = r.complete as u8;
+    s[30..32].copy_from_slice(&(to.len() as u16).to_le_bytes());
+    s[36..38].copy_from_slice(&(from.len() as u16).to_le_bytes());
+    s[40..40 + to.len()].copy_from_slice(to);
+    s[40 + to.len()..40 + to.len() + from.len()].copy_from_slice(from);
+    let c = crc32c::crc32c_append(crc32c::crc32c(&s[..32]), &s[36..]);
+    s[32..36].copy_from_slice(&c.to_le_bytes());
+    Ok(s)
+}
+
+fn decode_record(s: &[u8]) -> Option<(u64, MigrationRecord)> {
+    let u64_at = |i: usize| Some(u64::from_le_bytes(s.get(i..i + 8)?.try_into().ok()?));
+    let u16_at = |i: usize| Some(u16::from_le_bytes(s.get(i..i + 2)?.try_into().ok()?) as usize);
+    if s.get(0..4)? != LOG_MAGIC {
+        return None;
+    }
+    let want = u32::from_le_bytes(s.get(32..36)?.try_into().ok()?);
+    let c = crc32c::crc32c_append(crc32c::crc32c(s.get(..32)?), s.get(36..LOG_SLOT)?);
+    if c != want {
+        return None;
+    }
+    let (tl, fl) = (u16_at(30)?, u16_at(36)?);
+    let to = s.get(40..40 + tl)?;
+    let from = s.get(40 + tl..40 + tl + fl)?;
+    Some((
+        u64_at(4)?,
+        MigrationRecord {
+            from: PathBuf::from(std::ffi::OsStr::from_bytes(from)),
+            to: PathBuf::from(std::ffi::OsStr::from_bytes(to)),
+            done_blocks: u64_at(12)?,
+            total_blocks: u64_at(20)?,
+            complete: s.get(28)? == &1,
+        },
+    ))
+}
+
+impl MigrationLog {
+    /// Starts a log for a migration of `total_blocks` from `from` to `to`.
+    pub fn create(path: &Path, from: &Path, to: &Path, total_blocks: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let log = Self {
+            file,
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            total_blocks,
+            seq: parking_lot::Mutex::new(0),
+        };
+        log.record(0, false)?;
+        // The new file's name must survive a crash too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(log)
+    }
+
+    /// The latest complete record, if the file exists.
+    pub fn load(path: &Path) -> io::Result<Option<MigrationRecord>> {
+        Ok(Self::open(path)?.map(|(_, r)| r))
+    }
+
+    /// Reopens a log to continue the migration it describes.
+    pub fn open(path: &Path) -> io::Result<Option<(Self, MigrationRecord)>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = [0u8; 2 * LOG_SLOT];
+        let n = file.read_at(&mut buf, 0)?;
+        let best = buf[..n]
+            .chunks(LOG_SLOT)
+            .filter_map(decode_record)
+            .max_by_key(|(seq, _)| *seq);
+        let Some((seq, rec)) = best else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: no valid migration record", path.display()),
+            ));
+        };
+        let log = Self {
+            file,
+            from: rec.from.clone(),
+            to: rec.to.clone(),
+            total_blocks: rec.total_blocks,
+            seq: parking_lot::Mutex::new(seq),
+        };
+        Ok(Some((log, rec)))
+    }
+
+    /// Durably records progress.
+    pub fn record(&self, done_blocks: u64, complete: bool) -> io::Result<()> {
+        let mut seq = self.seq.lock();
+        let next = *seq + 1;
+        let rec = MigrationRecord {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            done_blocks,
+            total_blocks: self.total_blocks,
+            complete,
+        };
+        let slot = encode_record(next, &rec)?;
+        self.file
+            .write_all_at(&slot, (next % 2) * LOG_SLOT as u64)?;
+        self.file.sync_data()?;
+        *seq = next;
+        Ok(())
+    }
+}
+
 impl Volume {
     /// Moves the whole volume onto `to` while it stays online, in
     /// [`MIGRATE_UNIT_BYTES`] units. Returns the bytes copied. The old
     /// backends are dropped from the volume at the end.
     pub async fn migrate(&self, to: Arc<dyn Backend>) -> Result<u64, EngineError> {
+        self.migrate_logged(to, None).await
+    }
+
+    /// [`Volume::migrate`], recording progress in `log` (see the module
+    /// notes) so that a restart can resume it.
+    pub async fn migrate_logged(
+        &self,
+        to: Arc<dyn Backend>,
+        log: Option<Arc<MigrationLog>>,
+    ) -> Result<u64, EngineError> {
+        let (old, k) = {
+            let _cp = self.cp.lock().await;
+            self.migration_setup(&to, 0)?
+        };
+        self.migration_run(old, k, to, log, 0).await
+    }
+
+    /// Continues a migration a restart interrupted: blocks `[0, from)` are
+    /// on `to` already. Call before the volume serves I/O; the map points
+    /// there on return, and the returned future copies the rest.
+    pub fn resume_migration(
+        self: &Arc<Self>,
+        to: Arc<dyn Backend>,
+        log: Arc<MigrationLog>,
+        from: u64,
+    ) -> Result<
+        impl std::future::Future<Output = Result<u64, EngineError>> + Send + 'static,
+        EngineError,
+    > {
+        let (old, k) = self.migration_setup(&to, from)?;
+        let v = self.clone();
+        Ok(async move { v.migration_run(old, k, to, Some(log), from).await })
+    }
+
+    /// Marks the migration active, adds `to` to the backends and (when
+    /// resuming) points `[0, from)` at it. Returns the map to stage from
+    /// and the new backend's index.
+    fn migration_setup(
+        &self,
+        to: &Arc<dyn Backend>,
+        from: u64,
+    ) -> Result<(ExtentMap, usize), EngineError> {
         if self.mirrored {
             return Err(invalid("migrating a mirrored volume is not supported"));
         }
@@ -99,30 +309,52 @@ impl Volume {
         if to.len() < nb * bs {
             return Err(invalid("migration target is smaller than the volume"));
         }
-        let old = {
-            let _cp = self.cp.lock().await;
-            if self.migration.lock().active {
+        if from > nb {
+            return Err(invalid("migration progress beyond the volume"));
+        }
+        {
+            let mut m = self.migration.lock();
+            if m.active {
                 return Err(invalid("a migration is already running"));
             }
-            *self.migration.lock() = MigrationStatus {
+            *m = MigrationStatus {
                 active: true,
-                done_bytes: 0,
+                done_bytes: from * bs,
                 total_bytes: nb * bs,
                 max_extents: 0,
             };
-            // A copy: holding the published Arc would stall every drain.
-            let frozen: ExtentMap = (*self.map.load_full()).clone();
-            frozen
-        };
-        let k = {
-            let mut list = self.backends().to_vec();
-            list.push(to.clone());
-            let k = list.len() - 1;
-            self.backends.store(Arc::new(list));
-            k
-        };
+        }
+        // A copy: holding the published Arc would stall every drain.
+        let old: ExtentMap = (*self.map.load_full()).clone();
+        let mut list = self.backends().to_vec();
+        list.push(to.clone());
+        let k = list.len() - 1;
+        self.backends.store(Arc::new(list));
+        if from > 0 {
+            self.map.store(Arc::new(staged(&old, k, from, 0, nb)));
+        }
+        Ok((old, k))
+    }
+
+    async fn migration_run(
+        &self,
+        old: ExtentMap,
+        k: usize,
+        to: Arc<dyn Backend>,
+        log: Option<Arc<MigrationLog>>,
+        from: u64,
+    ) -> Result<u64, EngineError> {
+        let bs = self.block_size as u64;
+        let nb = self.num_blocks();
         let unit = (MIGRATE_UNIT_BYTES / bs).max(1);
-        let r = self.migrate_units(&old, k, unit, nb).await;
+        let r = self
+            .migrate_units(&old, k, unit, nb, from, log.clone())
+            .await;
+        if r.is_ok() {
+            if let Some(log) = log {
+                blocking(move || Ok(log.record(nb, true)?)).await?;
+            }
+        }
         self.migration.lock().active = false;
         r?;
         // Done: only the new backend is referenced. Release the old ones
@@ -147,9 +379,11 @@ impl Volume {
         k: usize,
         unit: u64,
         nb: u64,
+        from: u64,
+        log: Option<Arc<MigrationLog>>,
     ) -> Result<(), EngineError> {
         let bs = self.block_size as u64;
-        let mut done = 0u64;
+        let mut done = from;
         while done < nb {
             let n = unit.min(nb - done);
             // Barrier: new writes to the unit fault to the control path;
@@ -164,12 +398,18 @@ impl Volume {
             let backends = self.backends();
             let dst = to_backend(&backends, k)?;
             let at = done;
+            let log = log.clone();
             blocking(move || {
                 let _map = map;
                 let mut buf = vec![0u8; (n * bs) as usize];
                 read_targets(&backends, &src, &mut buf, bs)?;
                 // Shifted targets: `src` buffer positions are relative to `at`.
                 dst.write_at(at * bs, &buf, false)?;
+                // Durable before host writes go there and nowhere else.
+                if let Some(log) = log {
+                    dst.flush()?;
+                    log.record(at + n, false)?;
+                }
                 Ok(())
             })
             .await?;

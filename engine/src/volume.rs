@@ -28,7 +28,7 @@ use crate::wjournal::{AppendError, JEntry, WriteJournal};
 
 #[path = "migrate.rs"]
 mod migrate;
-pub use migrate::MigrationStatus;
+pub use migrate::{MigrationLog, MigrationRecord, MigrationStatus};
 
 #[derive(Debug)]
 pub struct Volume {

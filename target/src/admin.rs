@@ -196,11 +196,38 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 cfg.data_dir.join(path)
             };
             let bytes = v.num_blocks() * v.block_size() as u64;
+            let vc = cfg
+                .volumes
+                .iter()
+                .find(|c| c.name == volume)
+                .ok_or_else(|| anyhow!("volume {volume:?} is not configured"))?;
+            if v.migration_status().active {
+                bail!("volume {volume:?}: a migration is already running");
+            }
+            if vc.layout.is_some() {
+                bail!("volume {volume:?}: only single-backend volumes can be migrated");
+            }
+            // File and block volumes log their progress so that a crash
+            // neither loses writes already on the new backend nor restarts
+            // the copy; memory volumes do not survive a restart anyway.
+            let log = match crate::server::current_volume_path(&cfg, vc)? {
+                Some(from) if vc.backend != BackendKind::Memory => {
+                    if from == path {
+                        bail!("volume {volume:?} is already at {}", path.display());
+                    }
+                    let lp = crate::server::migration_log_path(&cfg, &volume);
+                    Some(Arc::new(
+                        vtgt_engine::MigrationLog::create(&lp, &from, &path, v.num_blocks())
+                            .with_context(|| format!("migration log {}", lp.display()))?,
+                    ))
+                }
+                _ => None,
+            };
             let to = vtgt_engine::FileBackend::open_or_create(&path, bytes)
                 .with_context(|| format!("migration target {}", path.display()))?;
             let bg = v.clone();
             tokio::spawn(async move {
-                if let Err(e) = bg.migrate(Arc::new(to)).await {
+                if let Err(e) = bg.migrate_logged(Arc::new(to), log).await {
                     warn!(volume = %bg.name(), "migration failed: {e}");
                 }
             });
@@ -695,5 +722,18 @@ mod mirror_admin_tests {
             .iter()
             .all(|&b| b == 0x3C));
         assert!(vol.describe_layout().contains("p2.img"));
+        // A write after the move lives only in p2.img; a restart with the
+        // unchanged config must serve it from there.
+        vol.write(8, bytes::Bytes::from(vec![0x5Au8; 512]), true)
+            .await
+            .unwrap();
+        let cfg = ctx.server.config().await;
+        ctx.server.shutdown().await.unwrap();
+        drop((vol, ctx));
+        let again = Server::start(cfg).await.unwrap();
+        let vol = engine_volume(&again, "p").await.unwrap();
+        assert!(vol.read(8, 1).await.unwrap().iter().all(|&b| b == 0x5A));
+        assert!(vol.describe_layout().contains("p2.img"));
+        again.shutdown().await.unwrap();
     }
 }

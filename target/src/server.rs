@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use vtgt_engine::{Backend, Exposure, FileBackend, LuControl, MemBackend, Notice, Volume};
+use vtgt_engine::{
+    Backend, Exposure, FileBackend, LuControl, MemBackend, MigrationLog, Notice, Volume,
+};
 
 use crate::config::{BackendKind, Config};
 use crate::iscsi::{self, IscsiShared, PortalInfo};
@@ -406,9 +408,65 @@ impl Server {
     }
 }
 
+/// Where a plain file volume's data is now: its configured path, or where
+/// a completed live migration moved it.
+pub fn current_volume_path(
+    cfg: &Config,
+    v: &crate::config::VolumeConfig,
+) -> Result<Option<std::path::PathBuf>> {
+    Ok(
+        match MigrationLog::load(&migration_log_path(cfg, &v.name))? {
+            Some(r) if r.complete => Some(r.to),
+            Some(r) => Some(r.from),
+            None => cfg.volume_path(v),
+        },
+    )
+}
+
+/// A single-backend volume, following its migration log: after a finished
+/// migration it opens where the data went; after one a crash interrupted,
+/// the copied part is served from the new backend and the copy resumes.
+fn open_plain(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Arc<Volume>> {
+    let log_path = migration_log_path(cfg, &v.name);
+    let Some((log, rec)) = MigrationLog::open(&log_path)
+        .with_context(|| format!("volume {:?}: {}", v.name, log_path.display()))?
+    else {
+        return Ok(Volume::simple(&v.name, open_backend(cfg, v)?, v.block_size));
+    };
+    let file = |p: &std::path::Path| -> Result<Arc<dyn Backend>> {
+        use std::os::unix::fs::FileTypeExt;
+        let block = std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device());
+        let b = if block {
+            FileBackend::open_block_device(p)
+        } else {
+            FileBackend::open_or_create(p, 0)
+        };
+        Ok(Arc::new(b.with_context(|| {
+            format!("volume {:?}: migrated backend {}", v.name, p.display())
+        })?))
+    };
+    if rec.complete {
+        info!(volume = %v.name, path = %rec.to.display(), "serving from where a live migration moved it");
+        return Ok(Volume::simple(&v.name, file(&rec.to)?, v.block_size));
+    }
+    let vol = Volume::simple(&v.name, file(&rec.from)?, v.block_size);
+    let rest = vol
+        .resume_migration(file(&rec.to)?, Arc::new(log), rec.done_blocks)
+        .with_context(|| format!("volume {:?}: resuming its migration", v.name))?;
+    info!(volume = %v.name, done_blocks = rec.done_blocks, to = %rec.to.display(), "resuming a live migration");
+    let name = v.name.clone();
+    tokio::spawn(async move {
+        match rest.await {
+            Ok(_) => info!(volume = %name, "resumed migration done"),
+            Err(e) => tracing::warn!(volume = %name, "resumed migration failed: {e}"),
+        }
+    });
+    Ok(vol)
+}
+
 async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<VolumeEntry> {
     let volume = match &v.layout {
-        None => Volume::simple(&v.name, open_backend(cfg, v)?, v.block_size),
+        None => open_plain(cfg, v)?,
         Some(l) => open_layout(cfg, v, l)?,
     };
     // Atomic writes are journaled next to the data; memory volumes do not
@@ -528,7 +586,18 @@ fn open_layout(
 /// Where a volume's persistent reservations (APTPL) are kept: beside the
 /// volumes in the data directory, named after the volume.
 pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
-    let name: String = volume
+    cfg.data_dir.join(format!("{}.pr", file_stem(volume)))
+}
+
+/// Where a plain volume's live-migration progress is logged.
+pub fn migration_log_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
+    cfg.data_dir
+        .join(format!("{}.migration", file_stem(volume)))
+}
+
+/// A volume name made safe for a file name in the data directory.
+fn file_stem(volume: &str) -> String {
+    volume
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -537,8 +606,7 @@ pub fn reservation_path(cfg: &Config, volume: &str) -> std::path::PathBuf {
                 '_'
             }
         })
-        .collect();
-    cfg.data_dir.join(format!("{name}.pr"))
+        .collect()
 }
 
 /// Applies a LUN's configured options to its new LU: write protection,
