@@ -6,7 +6,9 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use parking_lot::RwLock;
 
@@ -38,6 +40,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn try_write_nowait(&self, _offset: u64, _buf: &[u8]) -> io::Result<usize> {
         Ok(0)
     }
+    /// Whether a `write_at` of `len` bytes without FUA is expected to
+    /// finish without waiting on I/O, so it may run on an async worker.
+    fn write_inline_ok(&self, _len: usize) -> bool {
+        false
+    }
     fn describe(&self) -> String;
     /// Which bytes of `offset..offset+len` hold data (`true`) and which are
     /// holes, as ordered ranges covering it. Stores that cannot tell report
@@ -57,6 +64,65 @@ pub struct FileBackend {
     /// Cleared when the kernel or filesystem refuses RWF_NOWAIT.
     nowait_reads: AtomicBool,
     nowait_writes: AtomicBool,
+    /// Hole punches and resizes in flight: they hold the inode lock while
+    /// waiting on I/O, so a write issued meanwhile may block.
+    exclusive_ops: AtomicU32,
+}
+
+/// Buffered writes larger than this always go to the blocking pool.
+const INLINE_WRITE_MAX: usize = 128 << 10;
+
+/// Whether the page cache holds few enough dirty pages that a buffered
+/// write will not be throttled: below half the kernel's background
+/// writeback threshold. Sampled from /proc/vmstat at most every 20 ms.
+fn writeback_headroom() -> bool {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+    static OK: AtomicBool = AtomicBool::new(false);
+    let now = BASE.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if (last == u64::MAX || now.saturating_sub(last) >= 20)
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        OK.store(vmstat_headroom().unwrap_or(false), Ordering::Relaxed);
+    }
+    OK.load(Ordering::Relaxed)
+}
+
+fn vmstat_headroom() -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let (mut dirty, mut writeback, mut threshold) = (None, None, None);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(k), Some(v)) = (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match k {
+            "nr_dirty" => dirty = Some(v),
+            "nr_writeback" => writeback = Some(v),
+            "nr_dirty_background_threshold" => threshold = Some(v),
+            _ => {}
+        }
+    }
+    Some(dirty? + writeback? < threshold? / 2)
+}
+
+/// Counts an operation that holds the inode lock across I/O.
+struct Exclusive<'a>(&'a AtomicU32);
+
+impl<'a> Exclusive<'a> {
+    fn new(c: &'a AtomicU32) -> Self {
+        c.fetch_add(1, Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One `preadv2`/`pwritev2` with flags; the byte count or the OS error.
@@ -124,6 +190,7 @@ impl FileBackend {
             block_device: false,
             nowait_reads: AtomicBool::new(true),
             nowait_writes: AtomicBool::new(true),
+            exclusive_ops: AtomicU32::new(0),
         })
     }
 
@@ -148,6 +215,7 @@ impl FileBackend {
             block_device: true,
             nowait_reads: AtomicBool::new(true),
             nowait_writes: AtomicBool::new(true),
+            exclusive_ops: AtomicU32::new(0),
         })
     }
 
@@ -228,6 +296,12 @@ impl Backend for FileBackend {
 
     fn try_write_nowait(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
         if !self.nowait_writes.load(Ordering::Relaxed) {
+            // No RWF_NOWAIT for buffered writes here (ext4): write inline
+            // only when nothing suggests the write would wait.
+            if self.write_inline_ok(buf.len()) {
+                self.file.write_all_at(buf, offset)?;
+                return Ok(buf.len());
+            }
             return Ok(0);
         }
         let fd = self.file.as_raw_fd();
@@ -242,7 +316,16 @@ impl Backend for FileBackend {
         }
     }
 
+    fn write_inline_ok(&self, len: usize) -> bool {
+        // With RWF_NOWAIT the kernel decides (try_write_nowait).
+        !self.nowait_writes.load(Ordering::Relaxed)
+            && len <= INLINE_WRITE_MAX
+            && self.exclusive_ops.load(Ordering::SeqCst) == 0
+            && writeback_headroom()
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _x = Exclusive::new(&self.exclusive_ops);
         let fd = self.file.as_raw_fd();
         if self.block_device {
             let range = [offset, len];
@@ -270,6 +353,7 @@ impl Backend for FileBackend {
     }
 
     fn grow(&self, new_len: u64) -> io::Result<()> {
+        let _x = Exclusive::new(&self.exclusive_ops);
         let mut len = self.len.write();
         if self.block_device || new_len <= *len {
             return Err(io::Error::new(

@@ -302,6 +302,20 @@ impl Admission {
             ..
         } = self;
         let io = volume.host_io(&map, lba, blocks);
+        // A mirrored write whose stores all take buffered writes without
+        // waiting is done here, like the plain case above.
+        if !fua {
+            if let Some((failures, tag)) = io.try_apply_inline(&targets, &data) {
+                if failures.is_empty() {
+                    volume.counters.fast_path_hit();
+                }
+                volume.finish_tag(tag);
+                drop(map);
+                let r = volume.complete_write(lba, blocks, failures).await;
+                drop(guard);
+                return r;
+            }
+        }
         let vol = volume.clone();
         let (failures, tag) = blocking(move || {
             let (f, tag) = io.apply(&targets, Some(&data), fua);

@@ -109,6 +109,11 @@ impl TagTable {
         self.store.write_at(Self::offset(e.tag), &encode(e), false)
     }
 
+    /// Whether recording may run on an async worker.
+    pub fn inline_ok(&self) -> bool {
+        self.store.write_inline_ok(SLOT_BYTES as usize)
+    }
+
     /// Clears the slots of `tags`, adjacent slots in one write.
     pub fn retire(&self, tags: &[u64]) -> io::Result<()> {
         let mut slots: Vec<u64> = tags.iter().map(|t| Self::offset(*t)).collect();

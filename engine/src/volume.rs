@@ -1399,21 +1399,10 @@ impl HostIo {
         data: Option<&[u8]>,
         fua: bool,
     ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
-        let mut groups: BTreeMap<Option<usize>, Vec<Target>> = BTreeMap::new();
-        for t in targets {
-            groups.entry(t.leg).or_default().push(*t);
-        }
-        let mirrored = groups.keys().any(|k| k.is_some());
-        let mut entry = None;
-        if let (Some(tags), true) = (&self.tags, mirrored) {
+        let mut tag = None;
+        if let (Some(tags), true) = (&self.tags, targets.iter().any(|t| t.leg.is_some())) {
             match self.issue(tags) {
-                Ok(tag) => {
-                    entry = Some(TagEntry {
-                        tag,
-                        lba: self.lba,
-                        blocks: self.blocks,
-                    })
-                }
+                Ok(t) => tag = Some(t),
                 Err(e) => {
                     // No leg got anything: fail the write as unmirrored.
                     let failed = targets
@@ -1425,6 +1414,51 @@ impl HostIo {
                 }
             }
         }
+        self.apply_tagged(targets, data, fua, tag)
+    }
+
+    /// [`HostIo::apply`] for a write without FUA on the caller's (async)
+    /// thread, when every store it touches takes a buffered write without
+    /// waiting and a tag is free at once; None otherwise.
+    pub(crate) fn try_apply_inline(
+        &self,
+        targets: &[Target],
+        data: &[u8],
+    ) -> Option<(Vec<(Target, std::io::Error)>, Option<u64>)> {
+        let bs = self.bs as usize;
+        let stores_ok = targets.iter().all(|t| {
+            backend_of(&self.backends, t).is_ok_and(|b| b.write_inline_ok(t.blocks as usize * bs))
+        });
+        if !stores_ok {
+            return None;
+        }
+        let mut tag = None;
+        if let (Some(tags), true) = (&self.tags, targets.iter().any(|t| t.leg.is_some())) {
+            if !tags.tables.values().all(|t| t.inline_ok()) {
+                return None;
+            }
+            tag = Some(tags.issue()?);
+        }
+        Some(self.apply_tagged(targets, Some(data), false, tag))
+    }
+
+    fn apply_tagged(
+        &self,
+        targets: &[Target],
+        data: Option<&[u8]>,
+        fua: bool,
+        tag: Option<u64>,
+    ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
+        let mut groups: BTreeMap<Option<usize>, Vec<Target>> = BTreeMap::new();
+        for t in targets {
+            groups.entry(t.leg).or_default().push(*t);
+        }
+        let mirrored = groups.keys().any(|k| k.is_some());
+        let entry = tag.map(|tag| TagEntry {
+            tag,
+            lba: self.lba,
+            blocks: self.blocks,
+        });
         let used = entry.map(|e| e.tag);
         let mut failures = Vec::new();
         // Each leg's entry is durable before any of its data is written; a
