@@ -533,7 +533,10 @@ mod tests {
     async fn removal_waits_for_commands_in_flight() {
         let vols: HashMap<String, VolumeEntry> = [("a".to_string(), entry("a"))].into();
         let cfg = sub_cfg("nqn.x:s", &[(1, "a")]);
-        let shared = NvmeShared::new(build_subsystems(&[cfg.clone()], &vols).unwrap(), vec![]);
+        let shared = NvmeShared::new(
+            build_subsystems(std::slice::from_ref(&cfg), &vols).unwrap(),
+            vec![],
+        );
         let sub = shared.subsystem("nqn.x:s").unwrap();
         // A command holding namespace 1, as io.rs does while it runs.
         let held = sub.namespace(1).unwrap();
