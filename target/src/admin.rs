@@ -15,7 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::config::{BackendKind, Config, LunConfig, VolumeConfig};
+use crate::config::{BackendKind, Config, LunConfig, NamespaceConfig, VolumeConfig};
+use crate::nvme::config::MAX_NSID;
 use crate::server::Server;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +49,15 @@ pub enum Request {
     RemoveLun {
         target: String,
         lun: u64,
+    },
+    AddNamespace {
+        subsystem: String,
+        nsid: u32,
+        volume: String,
+    },
+    RemoveNamespace {
+        subsystem: String,
+        nsid: u32,
     },
     AllowInitiator {
         target: String,
@@ -285,6 +295,13 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
             {
                 bail!("volume {name:?} is exported; remove its LUNs first");
             }
+            if cfg
+                .subsystems
+                .iter()
+                .any(|s| s.namespaces.iter().any(|n| n.volume == name))
+            {
+                bail!("volume {name:?} is exported; remove its namespaces first");
+            }
             let before = cfg.volumes.len();
             cfg.volumes.retain(|v| v.name != name);
             if cfg.volumes.len() == before {
@@ -325,6 +342,29 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 bail!("target {target} has no LUN {lun}");
             }
         }
+        Request::AddNamespace {
+            subsystem,
+            nsid,
+            volume,
+        } => {
+            if nsid == 0 || nsid > MAX_NSID {
+                bail!("namespace ID {nsid} is out of range (1 to {MAX_NSID})");
+            }
+            let s = find_subsystem(&mut cfg, &subsystem)?;
+            if s.namespaces.iter().any(|n| n.nsid == nsid) {
+                bail!("subsystem {subsystem} already has namespace {nsid}");
+            }
+            s.namespaces.push(NamespaceConfig { nsid, volume });
+            s.namespaces.sort_by_key(|n| n.nsid);
+        }
+        Request::RemoveNamespace { subsystem, nsid } => {
+            let s = find_subsystem(&mut cfg, &subsystem)?;
+            let before = s.namespaces.len();
+            s.namespaces.retain(|n| n.nsid != nsid);
+            if s.namespaces.len() == before {
+                bail!("subsystem {subsystem} has no namespace {nsid}");
+            }
+        }
         Request::AllowInitiator { target, initiator } => {
             let t = find_target(&mut cfg, &target)?;
             if !t.allowed_initiators.contains(&initiator) {
@@ -362,6 +402,16 @@ fn find_target<'a>(cfg: &'a mut Config, name: &str) -> Result<&'a mut crate::con
         .iter_mut()
         .find(|t| t.name == name)
         .ok_or_else(|| anyhow!("no target {name:?}"))
+}
+
+fn find_subsystem<'a>(
+    cfg: &'a mut Config,
+    nqn: &str,
+) -> Result<&'a mut crate::config::SubsystemConfig> {
+    cfg.subsystems
+        .iter_mut()
+        .find(|s| s.nqn == nqn)
+        .ok_or_else(|| anyhow!("no subsystem {nqn:?}"))
 }
 
 async fn engine_volume(server: &Server, name: &str) -> Result<Arc<vtgt_engine::Volume>> {
@@ -440,14 +490,16 @@ async fn status(server: &Server) -> Result<Value> {
     let subsystems: Vec<Value> = server
         .nvme
         .subsystems
+        .load()
         .iter()
         .filter(|s| !s.discovery)
         .map(|s| {
+            let hosts = s.hosts();
             json!({
                 "nqn": s.nqn,
-                "allow_any_host": s.allow_any_host,
-                "allowed_hosts": s.allowed_hosts,
-                "namespaces": s.namespaces.values()
+                "allow_any_host": hosts.allow_any_host,
+                "allowed_hosts": hosts.allowed_hosts,
+                "namespaces": s.namespaces().values()
                     .map(|n| json!({"nsid": n.nsid, "volume": n.entry.volume.name()}))
                     .collect::<Vec<_>>(),
             })

@@ -135,7 +135,7 @@ enum AdminOp {
         #[arg(long)]
         path: Option<PathBuf>,
     },
-    /// Remove a volume that no LUN exports.
+    /// Remove a volume that no LUN or namespace exports.
     RemoveVolume { name: String },
     /// Grow a volume (hosts see CAPACITY DATA HAS CHANGED).
     Resize { volume: String, size: String },
@@ -147,6 +147,23 @@ enum AdminOp {
     },
     /// Remove a LUN.
     RemoveLun { target: String, lun: u64 },
+    /// Export a volume as an NVMe namespace (connected controllers get the
+    /// namespace attribute changed event).
+    AddNamespace {
+        #[arg(long)]
+        subsystem: String,
+        #[arg(long)]
+        nsid: u32,
+        #[arg(long)]
+        volume: String,
+    },
+    /// Remove an NVMe namespace.
+    RemoveNamespace {
+        #[arg(long)]
+        subsystem: String,
+        #[arg(long)]
+        nsid: u32,
+    },
     /// Mark a mirror leg of a volume dead.
     FailLeg { volume: String, leg: usize },
     /// Re-attach a dead mirror leg and resync it in the background.
@@ -354,6 +371,18 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
             volume,
         },
         AdminOp::RemoveLun { target, lun } => Request::RemoveLun { target, lun },
+        AdminOp::AddNamespace {
+            subsystem,
+            nsid,
+            volume,
+        } => Request::AddNamespace {
+            subsystem,
+            nsid,
+            volume,
+        },
+        AdminOp::RemoveNamespace { subsystem, nsid } => {
+            Request::RemoveNamespace { subsystem, nsid }
+        }
         AdminOp::AllowInitiator { target, initiator } => {
             Request::AllowInitiator { target, initiator }
         }

@@ -65,6 +65,13 @@ pub struct ApplySummary {
     pub targets_removed: Vec<String>,
     pub luns_added: Vec<String>,
     pub luns_removed: Vec<String>,
+    pub subsystems_added: Vec<String>,
+    pub subsystems_removed: Vec<String>,
+    /// NVMe namespaces as "subsystem NQN/NSID".
+    pub namespaces_added: Vec<String>,
+    pub namespaces_removed: Vec<String>,
+    /// An NSID now over another volume.
+    pub namespaces_changed: Vec<String>,
     /// Changes that only take effect after a restart.
     pub needs_restart: Vec<String>,
 }
@@ -217,8 +224,11 @@ impl Server {
     /// Applies a new configuration without a restart: volumes are added or
     /// grown, targets and LUNs added or removed, and hosts told through unit
     /// attentions (CAPACITY DATA HAS CHANGED, REPORTED LUNS DATA HAS
-    /// CHANGED). Portal changes need a restart. Nothing changes if `new` is
-    /// invalid or a volume cannot be opened or grown.
+    /// CHANGED); NVMe subsystems and namespaces are added or removed, and
+    /// connected controllers get the namespace attribute changed event and
+    /// the NSIDs in their Changed Namespace List (a grown volume raises it
+    /// too). Portal and NVMe port changes need a restart. Nothing changes if
+    /// `new` is invalid or a volume cannot be opened or grown.
     pub async fn apply(&self, new: Config) -> Result<ApplySummary> {
         new.validate()
             .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -226,6 +236,9 @@ impl Server {
         let mut sum = ApplySummary::default();
         if new.iscsi != st.cfg.iscsi {
             sum.needs_restart.push("iscsi portals and settings".into());
+        }
+        if new.nvme != st.cfg.nvme {
+            sum.needs_restart.push("nvme ports".into());
         }
         if new.data_dir != st.cfg.data_dir {
             sum.needs_restart.push("data_dir".into());
@@ -267,6 +280,12 @@ impl Server {
                 }
             }
         }
+        // NVMe subsystems see the volumes as they will be after this change.
+        let nvme_plan = {
+            let mut all = st.volumes.clone();
+            all.extend(opened.iter().map(|(k, v)| (k.clone(), v.clone())));
+            self.nvme.plan(&new.subsystems, &all)?
+        };
         for (name, e, blocks) in grow {
             e.volume
                 .grow(blocks)
@@ -363,6 +382,8 @@ impl Server {
             }
             sum.targets_removed.push(t.name.clone());
         }
+        // Before volumes close: it waits for commands on removed namespaces.
+        self.nvme.commit(nvme_plan, &mut sum).await;
         // Volumes no longer in the config are closed once nothing uses them.
         let gone: Vec<String> = st
             .volumes
@@ -381,6 +402,7 @@ impl Server {
         // written back describes what is really running.
         kept.iscsi = st.cfg.iscsi.clone();
         kept.data_dir = st.cfg.data_dir.clone();
+        kept.nvme = st.cfg.nvme.clone();
         st.cfg = kept;
         info!(?sum, "configuration applied");
         Ok(sum)

@@ -233,3 +233,111 @@ fn bench_smoke_runs_and_verifies_its_data() {
         v["reads"].as_u64().unwrap() * 16
     );
 }
+
+/// `vtgt admin ARGS` against `socket`: exit code, stdout, stderr.
+fn admin(socket: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["admin", "--socket", socket])
+        .args(args)
+        .output()
+        .expect("run vtgt admin");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_adds_and_removes_nvme_namespaces() {
+    const SUB: &str = "nqn.2026-11.org.vtgt:default";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let sock = dir.path().join("admin.sock").to_str().unwrap().to_string();
+    let (mut child, _, nvme) = start_both(&[
+        "--data-dir",
+        &data,
+        "--iscsi-listen",
+        "127.0.0.1:0",
+        "--admin-socket",
+        &sock,
+    ]);
+    // The admin socket comes up just after the ports.
+    let t = Instant::now();
+    let add_volume = [
+        "add-volume",
+        "extra",
+        "--size",
+        "4MiB",
+        "--backend",
+        "memory",
+    ];
+    loop {
+        let (code, _, err) = admin(&sock, &add_volume);
+        if code == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "add-volume: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let add = [
+        "add-namespace",
+        "--subsystem",
+        SUB,
+        "--nsid",
+        "2",
+        "--volume",
+        "extra",
+    ];
+    let (code, out, err) = admin(&sock, &add);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
+    assert_eq!(
+        v["namespaces_added"],
+        serde_json::json!([format!("{SUB}/2")])
+    );
+    // A host sees it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let host = vtgt_initiator::nvme::HostConfig::new("nqn.2014-08.org.nvmexpress:uuid:cli");
+    rt.block_on(async {
+        let c = vtgt_initiator::nvme::Controller::connect(nvme, &host, SUB)
+            .await
+            .unwrap();
+        assert_eq!(c.active_namespaces().await.unwrap(), vec![1, 2]);
+        assert_eq!(c.identify_ns(2).await.unwrap().nsze, 4 << 11);
+        c.close().await;
+    });
+    // Twice: refused, with the reason, exit status 1.
+    let (code, _, err) = admin(&sock, &add);
+    assert_eq!(code, 1);
+    assert!(err.contains("already has namespace 2"), "{err}");
+    let (code, _, err) = admin(
+        &sock,
+        &[
+            "add-namespace",
+            "--subsystem",
+            SUB,
+            "--nsid",
+            "0",
+            "--volume",
+            "extra",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("out of range"), "{err}");
+    let remove = ["remove-namespace", "--subsystem", SUB, "--nsid", "2"];
+    let (code, out, err) = admin(&sock, &remove);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{SUB}/2")), "{out}");
+    let (code, _, err) = admin(&sock, &remove);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no namespace 2"), "{err}");
+    let (_, out, _) = admin(&sock, &["status"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["subsystems"][0]["namespaces"],
+        serde_json::json!([{"nsid": 1, "volume": "default"}])
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -161,7 +161,8 @@ async fn linux_connect_sequence() {
     assert_eq!(id.cntrltype, cntrltype::IO);
     assert_eq!(id.cntlid, ctrl.cntlid);
     assert_eq!(id.subnqn, SUBNQN);
-    assert_eq!(id.nn, 1);
+    // The highest NSID a live change may add, as nvmet reports.
+    assert_eq!(id.nn, 1024);
     assert_eq!(id.icdoff, 0);
     assert_ne!(id.sgls & 3, 0, "SGLs supported");
     assert!(id.ioccsz >= 4, "IOCCSZ covers at least the SQE");

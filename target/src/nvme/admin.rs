@@ -97,11 +97,9 @@ pub fn controller_data(ctrl: &Controller) -> IdentifyController {
         elpe: (ERROR_LOG_ENTRIES - 1) as u8,
         kas: 1,
         maxcmd: QUEUE_ENTRIES,
-        nn: if disc {
-            0
-        } else {
-            s.namespaces.keys().max().copied().unwrap_or(0)
-        },
+        // The highest NSID a namespace may get, live additions included
+        // (as nvmet reports its own limit).
+        nn: if disc { 0 } else { super::config::MAX_NSID },
         oncs: if disc {
             0
         } else {
@@ -129,7 +127,7 @@ fn identify(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
     if subsys.discovery && c != cns::CONTROLLER {
         return Reply::status(Status::generic(sc::INVALID_FIELD));
     }
-    let ns = subsys.namespaces.get(&nsid);
+    let ns = subsys.namespace(nsid);
     let need_ns = || {
         if nsid == 0 || nsid == u32::MAX {
             Err(Reply::status(Status::generic(sc::INVALID_NS)))
@@ -166,7 +164,7 @@ fn identify(ctrl: &Controller, sqe: &Sqe, xfer: u32) -> Reply {
             if nsid >= 0xffff_fffe {
                 return Reply::status(Status::generic(sc::INVALID_NS));
             }
-            let ids: Vec<u32> = subsys.namespaces.keys().copied().collect();
+            let ids: Vec<u32> = subsys.namespaces().keys().copied().collect();
             fit(identify::encode_ns_list(&ids, nsid), xfer)
         }
         cns::NS_DESC_LIST => match need_ns() {
@@ -319,13 +317,16 @@ async fn set_features(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
 
 /// Namespaces a namespace-scoped feature names: one, or all for
 /// FFFFFFFFh when `all_ok`.
-fn resv_namespaces(ctrl: &Controller, nsid: u32, all_ok: bool) -> Result<Vec<&Namespace>, Reply> {
+fn resv_namespaces(
+    ctrl: &Controller,
+    nsid: u32,
+    all_ok: bool,
+) -> Result<Vec<Arc<Namespace>>, Reply> {
     let s = &ctrl.subsys;
     if nsid == u32::MAX && all_ok {
-        return Ok(s.namespaces.values().collect());
+        return Ok(s.namespaces().values().cloned().collect());
     }
-    s.namespaces
-        .get(&nsid)
+    s.namespace(nsid)
         .map(|n| vec![n])
         .ok_or(Reply::status(Status::generic(sc::INVALID_NS)))
 }

@@ -135,12 +135,16 @@ impl Controller {
         Some((a.cids.pop_front()?, a.pending.pop_front()?))
     }
 
-    /// Records a changed namespace and raises the AEN when enabled.
-    pub async fn namespace_changed(&self, nsid: u32) {
+    /// Records changed namespaces and raises the AEN when enabled; all are
+    /// recorded before the event, so a host reading the log on it sees
+    /// every one.
+    pub async fn namespaces_changed(&self, nsids: &[u32]) {
         let done = {
             let mut a = self.aer.lock();
-            if !a.changed.contains(&nsid) && a.changed.len() < 1024 {
-                a.changed.push(nsid);
+            for &nsid in nsids {
+                if !a.changed.contains(&nsid) && a.changed.len() < 1024 {
+                    a.changed.push(nsid);
+                }
             }
             if a.ns_masked || self.aec.load(Ordering::Acquire) & AEC_NS_ATTR == 0 {
                 None
@@ -280,7 +284,7 @@ impl Controller {
             self.reset();
         }
         if new & cc::SHN_MASK != 0 && old & cc::SHN_MASK == 0 {
-            for ns in self.subsys.namespaces.values() {
+            for ns in self.subsys.namespaces().values() {
                 let _ = ns.entry.volume.flush().await;
             }
             self.csts.fetch_or(csts::SHST_COMPLETE, Ordering::AcqRel);
@@ -306,11 +310,19 @@ impl Controller {
     /// Takes engine notices for this host's nexus and turns the ones NVMe
     /// reports into asynchronous events.
     pub async fn drain_notices(&self) {
-        for ns in self.subsys.namespaces.values() {
+        let all = self.subsys.namespaces();
+        for ns in all.values() {
             while let Some(n) = ns.entry.control.take(self.nexus).await {
                 match n {
+                    // The notice is per volume and this nexus; every NSID
+                    // of this subsystem over that volume changed.
                     Notice::CapacityChanged | Notice::ReportedLunsChanged => {
-                        self.namespace_changed(ns.nsid).await
+                        let same: Vec<u32> = all
+                            .values()
+                            .filter(|o| Arc::ptr_eq(&o.entry.control, &ns.entry.control))
+                            .map(|o| o.nsid)
+                            .collect();
+                        self.namespaces_changed(&same).await
                     }
                     Notice::RegistrationsPreempted => {
                         self.reservation_event(ns.nsid, resv_notify::REGISTRATION_PREEMPTED)
@@ -344,6 +356,16 @@ impl Controllers {
 
     pub fn all(&self) -> Vec<Arc<Controller>> {
         self.map.lock().values().cloned().collect()
+    }
+
+    /// The controllers of one subsystem.
+    pub fn of(&self, subsys: &Arc<Subsystem>) -> Vec<Arc<Controller>> {
+        self.map
+            .lock()
+            .values()
+            .filter(|c| Arc::ptr_eq(&c.subsys, subsys))
+            .cloned()
+            .collect()
     }
 
     fn allocate(&self) -> Option<u16> {
@@ -437,13 +459,24 @@ pub async fn connect_admin(
         stats: Stats::default(),
         created: Instant::now(),
     });
+    // Listed before its namespaces are read: a live change publishes the
+    // new namespaces before it walks the controllers, so either it sees
+    // this one or this one sees the new namespaces (or both).
+    shared.controllers.map.lock().insert(cntlid, ctrl.clone());
+    if !shared
+        .subsystem(&subsys.nqn)
+        .is_some_and(|s| Arc::ptr_eq(&s, &subsys))
+    {
+        // Removed live while we connected.
+        shared.controllers.map.lock().remove(&cntlid);
+        return Err(invalid_param(true, connect_off::SUBNQN));
+    }
     // Reservations match this host by its Host Identifier.
     let who = super::pr::identity(&d.hostid);
-    for ns in subsys.namespaces.values() {
+    for ns in subsys.namespaces().values() {
         ns.entry.control.register_nexus(nexus, None).await;
         ns.entry.control.identify(nexus, who.clone()).await;
     }
-    shared.controllers.map.lock().insert(cntlid, ctrl.clone());
     info!(cntlid, host = %d.hostnqn, subsys = %subsys.nqn, kato_ms = cmd.kato_ms, "NVMe controller created");
     tokio::spawn(watchdog(shared.clone(), ctrl.clone()));
     Ok(ctrl)

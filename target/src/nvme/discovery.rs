@@ -44,7 +44,7 @@ pub fn port_address(p: &PortInfo, local: SocketAddr) -> (String, String, u8) {
 
 pub fn log_page(shared: &NvmeShared, ctrl: &Controller, local: SocketAddr) -> Vec<u8> {
     let mut entries = Vec::new();
-    for s in shared.subsystems.iter().filter(|s| !s.discovery) {
+    for s in shared.subsystems.load().iter().filter(|s| !s.discovery) {
         if !s.host_allowed(&ctrl.hostnqn) {
             continue;
         }

@@ -25,19 +25,23 @@ fn engine_status(e: &EngineError, write: bool) -> Status {
     }
 }
 
-struct Rw<'a> {
-    ns: &'a Namespace,
+/// A command's namespace and range. It holds the namespace until the
+/// command completes, so a namespace removed meanwhile finishes it.
+struct Rw {
+    ns: Arc<Namespace>,
     slba: u64,
     nlb: u64,
     bytes: u64,
 }
 
-fn resolve<'a>(ctrl: &'a Controller, sqe: &Sqe) -> Result<Rw<'a>, Status> {
-    let ns = ctrl
-        .subsys
-        .namespaces
-        .get(&sqe.nsid())
-        .ok_or(Status::generic(sc::INVALID_NS))?;
+fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
+    ctrl.subsys
+        .namespace(nsid)
+        .ok_or(Status::generic(sc::INVALID_NS))
+}
+
+fn resolve(ctrl: &Controller, sqe: &Sqe) -> Result<Rw, Status> {
+    let ns = namespace(ctrl, sqe.nsid())?;
     let nlb = sqe.nlb() as u64;
     let bytes = nlb * ns.entry.volume.block_size() as u64;
     Ok(Rw {
@@ -90,14 +94,10 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
         }
         nvm::FLUSH => {
             let nsid = sqe.nsid();
-            let targets: Vec<&Namespace> = if nsid == u32::MAX {
-                ctrl.subsys.namespaces.values().collect()
+            let targets: Vec<Arc<Namespace>> = if nsid == u32::MAX {
+                ctrl.subsys.namespaces().values().cloned().collect()
             } else {
-                vec![ctrl
-                    .subsys
-                    .namespaces
-                    .get(&nsid)
-                    .ok_or(Status::generic(sc::INVALID_NS))?]
+                vec![namespace(ctrl, nsid)?]
             };
             // Flush belongs to the write command group (as in Linux nvmet).
             for ns in &targets {
@@ -118,7 +118,7 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             v.check_range(rw.slba, rw.nlb)
                 .map_err(|e| engine_status(&e, true))?;
             control_notices(ctrl).await;
-            pr::check(ctrl, rw.ns, true).await?;
+            pr::check(ctrl, &rw.ns, true).await?;
             // DEAC: deallocate; our volumes read deallocated blocks as
             // zeros, so both forms end the same.
             if sqe.dw(12) & (1 << 25) != 0 {
@@ -142,18 +142,14 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             Ok(Reply::ok())
         }
         nvm::DSM => {
-            let ns = ctrl
-                .subsys
-                .namespaces
-                .get(&sqe.nsid())
-                .ok_or(Status::generic(sc::INVALID_NS))?;
+            let ns = namespace(ctrl, sqe.nsid())?;
             let nr = (sqe.dw(10) & 0xff) as usize + 1;
             let ranges =
                 DsmRange::parse_all(&data, nr).ok_or(Status::generic(sc::SGL_INVALID_DATA_LEN))?;
             // Only the deallocate attribute changes anything.
             if sqe.dw(11) & (1 << 2) != 0 {
                 control_notices(ctrl).await;
-                pr::check(ctrl, ns, true).await?;
+                pr::check(ctrl, &ns, true).await?;
                 let v = &ns.entry.volume;
                 for r in &ranges {
                     v.check_range(r.slba, r.nlb as u64)
@@ -173,19 +169,15 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             Ok(Reply::ok())
         }
         nvm::RESV_REGISTER | nvm::RESV_REPORT | nvm::RESV_ACQUIRE | nvm::RESV_RELEASE => {
-            let ns = ctrl
-                .subsys
-                .namespaces
-                .get(&sqe.nsid())
-                .ok_or(Status::generic(sc::INVALID_NS))?;
+            let ns = namespace(ctrl, sqe.nsid())?;
             control_notices(ctrl).await;
-            pr::execute(ctrl, ns, sqe, &data, xfer).await
+            pr::execute(ctrl, &ns, sqe, &data, xfer).await
         }
         _ => Err(Status::generic(sc::INVALID_OPCODE)),
     }
 }
 
-async fn compare(ctrl: &Arc<Controller>, rw: &Rw<'_>, data: &[u8]) -> Result<(), Status> {
+async fn compare(ctrl: &Arc<Controller>, rw: &Rw, data: &[u8]) -> Result<(), Status> {
     if data.len() as u64 != rw.bytes || rw.bytes > MAX_IO_BYTES as u64 {
         return Err(Status::generic(sc::SGL_INVALID_DATA_LEN));
     }
@@ -237,7 +229,7 @@ pub async fn fused(
     control_notices(ctrl).await;
     // The write half needs write access; a host without it fails the
     // compare half too, so nothing is read for it.
-    if let Err(s) = pr::check(ctrl, c.ns, true).await {
+    if let Err(s) = pr::check(ctrl, &c.ns, true).await {
         return (s, aborted);
     }
     let guard = v.lock_exclusive(c.slba, c.nlb).await;
@@ -265,7 +257,7 @@ async fn control_notices(ctrl: &Controller) {
     ctrl.drain_notices().await;
 }
 
-async fn read(ctrl: &Controller, rw: &Rw<'_>) -> Result<Bytes, Status> {
+async fn read(ctrl: &Controller, rw: &Rw) -> Result<Bytes, Status> {
     let e = &rw.ns.entry;
     match e
         .control
@@ -275,7 +267,7 @@ async fn read(ctrl: &Controller, rw: &Rw<'_>) -> Result<Bytes, Status> {
         Ok(a) => a.read().await.map_err(|e| engine_status(&e, false)),
         Err(_) => {
             control_notices(ctrl).await;
-            pr::check(ctrl, rw.ns, false).await?;
+            pr::check(ctrl, &rw.ns, false).await?;
             e.volume
                 .read(rw.slba, rw.nlb)
                 .await
@@ -284,7 +276,7 @@ async fn read(ctrl: &Controller, rw: &Rw<'_>) -> Result<Bytes, Status> {
     }
 }
 
-async fn write(ctrl: &Controller, rw: &Rw<'_>, data: Bytes, fua: bool) -> Result<(), Status> {
+async fn write(ctrl: &Controller, rw: &Rw, data: Bytes, fua: bool) -> Result<(), Status> {
     let e = &rw.ns.entry;
     // With the volatile write cache off, every write is durable.
     let fua = fua || !ctrl.vwc.load(Ordering::Acquire);
@@ -299,7 +291,7 @@ async fn write(ctrl: &Controller, rw: &Rw<'_>, data: Bytes, fua: bool) -> Result
             .map_err(|e| engine_status(&e, true)),
         Err(_) => {
             control_notices(ctrl).await;
-            pr::check(ctrl, rw.ns, true).await?;
+            pr::check(ctrl, &rw.ns, true).await?;
             e.volume
                 .write(rw.slba, data, fua)
                 .await
