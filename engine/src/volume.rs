@@ -1378,6 +1378,10 @@ pub(crate) fn write_targets(
     failures
 }
 
+/// What a host write's downstream I/O did: the targets that failed, and the
+/// tag it used (tagged mirrors).
+pub(crate) type Applied = (Vec<(Target, std::io::Error)>, Option<u64>);
+
 /// A host write's (or discard's) downstream I/O, ready for a blocking thread.
 pub(crate) struct HostIo {
     backends: Arc<Vec<Arc<dyn Backend>>>,
@@ -1398,7 +1402,7 @@ impl HostIo {
         targets: &[Target],
         data: Option<&[u8]>,
         fua: bool,
-    ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
+    ) -> Applied {
         let mut tag = None;
         if let (Some(tags), true) = (&self.tags, targets.iter().any(|t| t.leg.is_some())) {
             match self.issue(tags) {
@@ -1424,7 +1428,7 @@ impl HostIo {
         &self,
         targets: &[Target],
         data: &[u8],
-    ) -> Option<(Vec<(Target, std::io::Error)>, Option<u64>)> {
+    ) -> Option<Applied> {
         let bs = self.bs as usize;
         let stores_ok = targets.iter().all(|t| {
             backend_of(&self.backends, t).is_ok_and(|b| b.write_inline_ok(t.blocks as usize * bs))
@@ -1448,7 +1452,7 @@ impl HostIo {
         data: Option<&[u8]>,
         fua: bool,
         tag: Option<u64>,
-    ) -> (Vec<(Target, std::io::Error)>, Option<u64>) {
+    ) -> Applied {
         let mut groups: BTreeMap<Option<usize>, Vec<Target>> = BTreeMap::new();
         for t in targets {
             groups.entry(t.leg).or_default().push(*t);
