@@ -25,9 +25,11 @@ bin=$VTGT_BIN
 
 work=$(mktemp -d /tmp/vtgt-bvt.XXXXXX)
 TGT_PID=""
+QUIET_PID=""
 cleanup() {
     stop_vtgt
     [ -n "$TGT_PID" ] && kill "$TGT_PID" 2>/dev/null || true
+    [ -n "$QUIET_PID" ] && kill "$QUIET_PID" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -168,6 +170,32 @@ echo "== vtgt 2-leg mirror (tagged) vs plain volume"
 point "4K rand write QD32" IOPS \
     "bench $vportal $vt 1 --rw randwrite --bs 4k --qd 32 | jq .iops" \
     "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
+
+echo "== cost of metrics: vtgt (metrics on) vs a second vtgt with --no-metrics"
+# The same config and a copy of the same filled image, in its own data dir.
+mkdir -p "$work/qdata"
+cp "$work/vdata/bench.img" "$work/qdata/bench.img"
+sed -e "s#^data_dir = .*#data_dir = \"$work/qdata\"#" -e '/^\[nvme\]/,/^listen/d' "$work/vtgt.toml" >"$work/quiet.toml"
+"$bin" serve --config "$work/quiet.toml" --no-metrics --nvme-listen 127.0.0.1:0 >"$work/quiet.log" 2>&1 &
+QUIET_PID=$!
+qportal=""
+for _ in $(seq 1 100); do
+    qportal=$(sed -n 's/.*iSCSI portal up listen=\([0-9.:]*\).*/\1/p' "$work/quiet.log" | head -1)
+    [ -n "$qportal" ] && break
+    sleep 0.1
+done
+[ -n "$qportal" ] || { cat "$work/quiet.log" >&2; exit 1; }
+{
+    echo
+    echo "| point (vtgt iSCSI) | metric | metrics on (median) | --no-metrics (median) | on/off per pair |"
+    echo "|---|---|---|---|---|"
+} >>"$report"
+point "4K rand read QD32 (iscsi-perf)" IOPS "perf_iops $vurl 32" "perf_iops iscsi://$qportal/$vt/0 32"
+point "4K rand write QD32" IOPS \
+    "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops" \
+    "bench $qportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
+kill "$QUIET_PID" 2>/dev/null || true
+QUIET_PID=""
 
 echo "== loopback ceiling (iperf3, one stream)"
 ip_port=$(free_port)
