@@ -356,6 +356,18 @@ impl ExtentMap {
         self.redirects.get(idx as usize)
     }
 
+    /// Index of the extent holding `lba`, if any.
+    pub fn lookup_index(&self, lba: u64) -> Option<usize> {
+        let i = self.extents.partition_point(|e| e.end() <= lba);
+        self.extents.get(i).filter(|e| e.start <= lba).map(|_| i)
+    }
+
+    /// The extent at `idx` with its redirect entry.
+    pub fn extent_at(&self, idx: usize) -> Option<(&Extent, &Redirect)> {
+        let e = self.extents.get(idx)?;
+        Some((e, self.redirects.get(e.redirect as usize)?))
+    }
+
     /// The extent holding `lba`, if any (binary search, no locks).
     pub fn lookup(&self, lba: u64) -> Option<(&Extent, &Redirect)> {
         let i = self.extents.partition_point(|e| e.end() <= lba);

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use crate::error::EngineError;
 use crate::extent::{ExtentMap, Route, Target};
 use crate::fault::FaultReason;
+use crate::fpcache::MapCache;
 use crate::volume::{backend_of, blocking, read_targets, Volume};
 use crate::NexusId;
 
@@ -90,6 +91,8 @@ impl AccessState {
 pub struct Exposure {
     volume: Arc<Volume>,
     access: ArcSwap<AccessState>,
+    /// The fast path's bounded cache of map entries.
+    cache: MapCache,
 }
 
 /// An I/O admitted to the fast path. It holds the access state and map it was
@@ -108,10 +111,21 @@ pub struct Admission {
 
 impl Exposure {
     pub fn new(volume: Arc<Volume>) -> Arc<Self> {
+        Self::with_cache(volume, crate::fpcache::DEFAULT_CAPACITY)
+    }
+
+    /// An exposure whose fast path caches at most `extents` map entries.
+    pub fn with_cache(volume: Arc<Volume>, extents: usize) -> Arc<Self> {
         Arc::new(Self {
             volume,
             access: ArcSwap::from_pointee(AccessState::open()),
+            cache: MapCache::new(extents),
         })
+    }
+
+    /// Map entries the fast path holds.
+    pub fn cached_extents(&self) -> usize {
+        self.cache.len()
     }
 
     pub fn volume(&self) -> &Arc<Volume> {
@@ -154,7 +168,16 @@ impl Exposure {
             return Err(FaultReason::OutOfRange);
         }
         let map = vol.map();
-        let (ext, red) = map.lookup(lba).ok_or(FaultReason::NoMapping)?;
+        let idx = match self.cache.hit(&map, lba) {
+            Some(i) => i,
+            None => {
+                // A miss faults to the control path, which loads the entry.
+                let i = self.cache.load(&map, lba).ok_or(FaultReason::NoMapping)?;
+                vol.counters.fault(FaultReason::NoMapping);
+                i
+            }
+        };
+        let (ext, red) = map.extent_at(idx).ok_or(FaultReason::NoMapping)?;
         if lba + blocks > ext.end() {
             return Err(FaultReason::CrossesBoundary);
         }

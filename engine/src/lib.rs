@@ -13,6 +13,7 @@ pub mod error;
 pub mod extent;
 pub mod fastpath;
 pub mod fault;
+pub mod fpcache;
 pub mod journal;
 pub mod layout;
 pub mod mirror;

@@ -1397,12 +1397,7 @@ impl HostIo {
     /// mirror, each leg durably records the write's tag before any of its
     /// data; a leg whose entry cannot be recorded gets no data and counts
     /// as failed. Returns the failures and the tag used.
-    pub(crate) fn apply(
-        &self,
-        targets: &[Target],
-        data: Option<&[u8]>,
-        fua: bool,
-    ) -> Applied {
+    pub(crate) fn apply(&self, targets: &[Target], data: Option<&[u8]>, fua: bool) -> Applied {
         let mut tag = None;
         if let (Some(tags), true) = (&self.tags, targets.iter().any(|t| t.leg.is_some())) {
             match self.issue(tags) {
@@ -1424,11 +1419,7 @@ impl HostIo {
     /// [`HostIo::apply`] for a write without FUA on the caller's (async)
     /// thread, when every store it touches takes a buffered write without
     /// waiting and a tag is free at once; None otherwise.
-    pub(crate) fn try_apply_inline(
-        &self,
-        targets: &[Target],
-        data: &[u8],
-    ) -> Option<Applied> {
+    pub(crate) fn try_apply_inline(&self, targets: &[Target], data: &[u8]) -> Option<Applied> {
         let bs = self.bs as usize;
         let stores_ok = targets.iter().all(|t| {
             backend_of(&self.backends, t).is_ok_and(|b| b.write_inline_ok(t.blocks as usize * bs))

@@ -353,3 +353,61 @@ async fn fail_and_attach_under_concurrent_writes_never_deadlock_or_diverge() {
         "legs diverged"
     );
 }
+
+/// The fast path's map cache: bounded, a miss is a counted fault that
+/// loads the entry, a working set that fits stays cached, and a new map
+/// (here: after a migration) is never served from stale entries.
+#[tokio::test]
+async fn fast_path_map_cache_is_bounded_and_follows_map_changes() {
+    let parts = 32usize;
+    let b: Vec<Arc<dyn Backend>> = (0..parts).map(|_| mem(8)).collect();
+    let layout = Layout::Concat {
+        parts: (0..parts).map(backend).collect(),
+    };
+    let v = Volume::with_layout("c", b.clone(), &layout, BS as u32, None).unwrap();
+    let e = Exposure::with_cache(v.clone(), 8);
+    let misses = || v.counters.count(FaultReason::NoMapping);
+    for p in 0..parts as u64 {
+        e.admit(1, IoKind::Write, p * 8, 8)
+            .unwrap()
+            .write(pattern(p as u8, 8), false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(misses(), parts as u64, "every first touch missed");
+    assert_eq!(e.cached_extents(), 8, "bounded");
+    // A working set of 6 extents fits: after one pass, no more misses.
+    for round in 0..3 {
+        for p in 10..16u64 {
+            let d = e
+                .admit(1, IoKind::Read, p * 8 + 1, 2)
+                .unwrap()
+                .read()
+                .await
+                .unwrap();
+            assert_eq!(d[..], pattern(p as u8 + 1, 2)[..]);
+        }
+        assert_eq!(misses(), parts as u64 + 6, "round {round}");
+    }
+    // A migration publishes new maps; the cache must not send a write to
+    // the old backends afterwards.
+    let to = mem(parts as u64 * 8);
+    v.migrate(to.clone()).await.unwrap();
+    let before = misses();
+    e.admit(1, IoKind::Write, 12 * 8, 8)
+        .unwrap()
+        .write(pattern(0xC0, 8), false)
+        .await
+        .unwrap();
+    assert_eq!(misses(), before + 1, "the new map missed once");
+    assert_eq!(raw(&to, 12 * 8, 8), pattern(0xC0, 8).to_vec());
+    assert_ne!(raw(&b[12], 0, 8), pattern(0xC0, 8).to_vec());
+    let d = e
+        .admit(1, IoKind::Read, 12 * 8, 8)
+        .unwrap()
+        .read()
+        .await
+        .unwrap();
+    assert_eq!(d[..], pattern(0xC0, 8)[..]);
+    assert_eq!(misses(), before + 1, "then it hit");
+}
