@@ -40,9 +40,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn try_write_nowait(&self, _offset: u64, _buf: &[u8]) -> io::Result<usize> {
         Ok(0)
     }
-    /// Whether a `write_at` of `len` bytes without FUA is expected to
-    /// finish without waiting on I/O, so it may run on an async worker.
-    fn write_inline_ok(&self, _len: usize) -> bool {
+    /// Whether a `write_at` of `len` bytes at `offset` without FUA is
+    /// expected to finish without waiting on I/O, so it may run on an
+    /// async worker.
+    fn write_inline_ok(&self, _offset: u64, _len: usize) -> bool {
         false
     }
     fn describe(&self) -> String;
@@ -109,6 +110,18 @@ fn vmstat_headroom() -> Option<bool> {
     Some(dirty? + writeback? < threshold? / 2)
 }
 
+/// ext4 refuses RWF_NOWAIT on buffered writes; knowing it at open lets
+/// every write path (not only the first plain write) choose at once.
+fn buffered_nowait_unsupported(file: &File) -> bool {
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    // SAFETY: fstatfs fills the zeroed struct we pass for our own fd.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    rc == 0 && st.f_type as i64 == EXT4_SUPER_MAGIC
+}
+
+const PAGE: u64 = 4096;
+
 /// Counts an operation that holds the inode lock across I/O.
 struct Exclusive<'a>(&'a AtomicU32);
 
@@ -161,6 +174,17 @@ fn nowait_unsupported(e: &io::Error) -> bool {
 }
 
 impl FileBackend {
+    /// Opens an existing file (never creates one).
+    pub fn open_existing(path: &Path) -> io::Result<Self> {
+        if !path.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such file", path.display()),
+            ));
+        }
+        Self::open_or_create(path, 0)
+    }
+
     /// Opens `path`, creating a sparse file of `size` bytes if it is missing.
     /// An existing file shorter than `size` is grown; a longer one is kept.
     pub fn open_or_create(path: &Path, size: u64) -> io::Result<Self> {
@@ -183,13 +207,14 @@ impl FileBackend {
             file.sync_all()?;
         }
         let len = file.metadata()?.len();
+        let nowait_writes = !buffered_nowait_unsupported(&file);
         Ok(Self {
             file,
             path: path.to_path_buf(),
             len: RwLock::new(len),
             block_device: false,
             nowait_reads: AtomicBool::new(true),
-            nowait_writes: AtomicBool::new(true),
+            nowait_writes: AtomicBool::new(nowait_writes),
             exclusive_ops: AtomicU32::new(0),
         })
     }
@@ -298,7 +323,7 @@ impl Backend for FileBackend {
         if !self.nowait_writes.load(Ordering::Relaxed) {
             // No RWF_NOWAIT for buffered writes here (ext4): write inline
             // only when nothing suggests the write would wait.
-            if self.write_inline_ok(buf.len()) {
+            if self.write_inline_ok(offset, buf.len()) {
                 self.file.write_all_at(buf, offset)?;
                 return Ok(buf.len());
             }
@@ -316,12 +341,22 @@ impl Backend for FileBackend {
         }
     }
 
-    fn write_inline_ok(&self, len: usize) -> bool {
+    fn write_inline_ok(&self, offset: u64, len: usize) -> bool {
         // With RWF_NOWAIT the kernel decides (try_write_nowait).
-        !self.nowait_writes.load(Ordering::Relaxed)
-            && len <= INLINE_WRITE_MAX
-            && self.exclusive_ops.load(Ordering::SeqCst) == 0
-            && writeback_headroom()
+        if self.nowait_writes.load(Ordering::Relaxed)
+            || len == 0
+            || len > INLINE_WRITE_MAX
+            || self.exclusive_ops.load(Ordering::SeqCst) != 0
+            || !writeback_headroom()
+        {
+            return false;
+        }
+        // A partial page is read in first unless it is cached: check the
+        // edge pages without blocking.
+        let end = offset + len as u64;
+        let cached = |at: u64| self.try_read_nowait(at, &mut [0u8; 1]).unwrap_or(false);
+        (offset.is_multiple_of(PAGE) || cached(offset - offset % PAGE))
+            && (end.is_multiple_of(PAGE) || cached(end - end % PAGE))
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

@@ -177,27 +177,29 @@ fn decode_record(s: &[u8]) -> Option<(u64, MigrationRecord)> {
 }
 
 impl MigrationLog {
-    /// Starts a log for a migration of `total_blocks` from `from` to `to`.
+    /// Starts a log for a migration of `total_blocks` from `from` to `to`,
+    /// replacing any earlier log atomically (a crash leaves one or the
+    /// other, never an empty file).
     pub fn create(path: &Path, from: &Path, to: &Path, total_blocks: u64) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        let log = Self {
-            file,
+        let rec = MigrationRecord {
             from: from.to_path_buf(),
             to: to.to_path_buf(),
+            done_blocks: 0,
+            total_blocks,
+            complete: false,
+        };
+        let mut both = Vec::with_capacity(2 * LOG_SLOT);
+        both.extend_from_slice(&encode_record(0, &rec)?);
+        both.extend_from_slice(&[0u8; LOG_SLOT]);
+        crate::mirror::write_atomically(path, &both)?;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Self {
+            file,
+            from: rec.from,
+            to: rec.to,
             total_blocks,
             seq: parking_lot::Mutex::new(0),
-        };
-        log.record(0, false)?;
-        // The new file's name must survive a crash too.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(log)
+        })
     }
 
     /// The latest complete record, if the file exists.
@@ -276,6 +278,30 @@ impl Volume {
         self.migration_run(old, k, to, log, 0).await
     }
 
+    /// Starts a migration: marks it running (refusing a second one), then
+    /// creates its log with `make_log`; an error from either leaves nothing
+    /// started. The returned future copies the volume.
+    pub async fn start_migration<F>(
+        self: &Arc<Self>,
+        to: Arc<dyn Backend>,
+        make_log: F,
+    ) -> Result<impl std::future::Future<Output = Result<u64, EngineError>> + Send + 'static, EngineError>
+    where
+        F: FnOnce() -> std::io::Result<Option<MigrationLog>>,
+    {
+        let _cp = self.cp.lock().await;
+        let (old, k) = self.migration_setup(&to, 0)?;
+        let log = match make_log() {
+            Ok(l) => l.map(Arc::new),
+            Err(e) => {
+                self.migration.lock().active = false;
+                return Err(EngineError::Io(e));
+            }
+        };
+        let v = self.clone();
+        Ok(async move { v.migration_run(old, k, to, log, 0).await })
+    }
+
     /// Continues a migration a restart interrupted: blocks `[0, from)` are
     /// on `to` already. Call before the volume serves I/O; the map points
     /// there on return, and the returned future copies the rest.
@@ -347,15 +373,15 @@ impl Volume {
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
         let unit = (MIGRATE_UNIT_BYTES / bs).max(1);
-        let r = self
+        let mut r = self
             .migrate_units(&old, k, unit, nb, from, log.clone())
             .await;
-        if r.is_ok() {
-            if let Some(log) = log {
-                blocking(move || Ok(log.record(nb, true)?)).await?;
-            }
+        if let (Ok(()), Some(log)) = (&r, log) {
+            r = blocking(move || Ok(log.record(nb, true)?)).await;
         }
-        self.migration.lock().active = false;
+        if r.is_err() {
+            self.migration.lock().active = false;
+        }
         r?;
         // Done: only the new backend is referenced. Release the old ones
         // once nothing resolved through an older map is in flight.
@@ -369,6 +395,8 @@ impl Volume {
         .await;
         let list: Vec<Arc<dyn Backend>> = self.backends().iter().map(|_| to.clone()).collect();
         self.backends.store(Arc::new(list));
+        // Only now: a new migration must not start before the swap.
+        self.migration.lock().active = false;
         tracing::info!(volume = %self.name, bytes = nb * bs, "migration done");
         Ok(nb * bs)
     }

@@ -109,9 +109,10 @@ impl TagTable {
         self.store.write_at(Self::offset(e.tag), &encode(e), false)
     }
 
-    /// Whether recording may run on an async worker.
-    pub fn inline_ok(&self) -> bool {
-        self.store.write_inline_ok(SLOT_BYTES as usize)
+    /// Whether recording `tag` may run on an async worker.
+    pub fn inline_ok(&self, tag: u64) -> bool {
+        self.store
+            .write_inline_ok(Self::offset(tag), SLOT_BYTES as usize)
     }
 
     /// Clears the slots of `tags`, adjacent slots in one write.
@@ -202,19 +203,33 @@ impl Tags {
         None
     }
 
+    /// Gives back a tag that was issued but never recorded.
+    pub fn cancel(&self, tag: u64) {
+        self.state.lock().unretired.remove(&tag);
+    }
+
+    /// Puts back a batch that could not be retired.
+    pub fn requeue(&self, batch: &[u64]) {
+        self.state.lock().done.extend_from_slice(batch);
+    }
+
     /// Takes whatever is waiting to be retired.
     pub fn take_done(&self) -> Vec<u64> {
         std::mem::take(&mut self.state.lock().done)
     }
 
-    /// Retires `batch` on the tables of `legs`, then frees the slots.
+    /// Retires `batch` on the tables of `legs`, then frees the slots. On
+    /// an error the batch waits for the next retirement.
     pub fn retire(&self, batch: &[u64], legs: &[usize]) -> io::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         for l in legs {
             if let Some(t) = self.tables.get(l) {
-                t.retire(batch)?;
+                if let Err(e) = t.retire(batch) {
+                    self.requeue(batch);
+                    return Err(e);
+                }
             }
         }
         let mut s = self.state.lock();
@@ -244,9 +259,10 @@ impl TagSession {
     /// `boot` (see [`boot_id`]).
     pub fn trusted(path: &Path, boot: &str) -> io::Result<bool> {
         match std::fs::read_to_string(path) {
+            // Without a boot id nothing proves the machine did not restart.
             Ok(t) => Ok(match t.split_whitespace().collect::<Vec<_>>().as_slice() {
                 ["clean"] => true,
-                ["open", b] => *b == boot,
+                ["open", b] => *b == boot && boot != "unknown",
                 _ => false,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),

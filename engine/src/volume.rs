@@ -263,6 +263,12 @@ impl Volume {
     /// after a machine restart trusts them).
     pub async fn close(&self) -> Result<(), EngineError> {
         self.flush().await?;
+        // Writes still in flight (a front end that did not drain) keep the
+        // session open: the next open after a reboot then copies whole.
+        if self.unretired_tags() > 0 {
+            tracing::warn!(volume = %self.name, "closed with mirrored writes in flight");
+            return Ok(());
+        }
         if let Some(s) = self.tag_session.clone() {
             blocking(move || Ok(s.close()?)).await?;
         }
@@ -1222,7 +1228,10 @@ impl Volume {
                     // Taken before the flush: only writes it covers retire.
                     let done = t.take_done();
                     for b in backends.iter() {
-                        b.flush()?;
+                        if let Err(e) = b.flush() {
+                            t.requeue(&done);
+                            return Err(e.into());
+                        }
                     }
                     t.retire(&done, &live)?;
                 }
@@ -1256,6 +1265,9 @@ impl Volume {
 
     /// Grows a single-backend volume to `nblocks`.
     pub async fn grow(&self, nblocks: u64) -> Result<(), EngineError> {
+        if self.migration_status().active {
+            return Err(invalid("a volume cannot grow while it is being migrated"));
+        }
         if nblocks <= self.num_blocks() || !self.plain {
             return Err(EngineError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -1422,17 +1434,21 @@ impl HostIo {
     pub(crate) fn try_apply_inline(&self, targets: &[Target], data: &[u8]) -> Option<Applied> {
         let bs = self.bs as usize;
         let stores_ok = targets.iter().all(|t| {
-            backend_of(&self.backends, t).is_ok_and(|b| b.write_inline_ok(t.blocks as usize * bs))
+            backend_of(&self.backends, t)
+                .is_ok_and(|b| b.write_inline_ok(t.offset, t.blocks as usize * bs))
         });
         if !stores_ok {
             return None;
         }
         let mut tag = None;
         if let (Some(tags), true) = (&self.tags, targets.iter().any(|t| t.leg.is_some())) {
-            if !tags.tables.values().all(|t| t.inline_ok()) {
+            let t = tags.issue()?;
+            if !tags.tables.values().all(|table| table.inline_ok(t)) {
+                // To the pool instead, which takes its own tag.
+                tags.cancel(t);
                 return None;
             }
-            tag = Some(tags.issue()?);
+            tag = Some(t);
         }
         Some(self.apply_tagged(targets, Some(data), false, tag))
     }

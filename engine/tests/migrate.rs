@@ -201,7 +201,7 @@ fn migration_log_keeps_the_last_good_record() {
     assert_eq!(r.from, std::path::Path::new("/d/old.img"));
     // Tear the newest slot: the one before it is read.
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0xFF; 16], 512).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xFF; 16], 0).unwrap();
     assert_eq!(MigrationLog::load(&p).unwrap().unwrap().done_blocks, 10);
     std::fs::write(&p, b"junk").unwrap();
     assert!(

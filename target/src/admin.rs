@@ -211,34 +211,57 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 .iter()
                 .find(|c| c.name == volume)
                 .ok_or_else(|| anyhow!("volume {volume:?} is not configured"))?;
-            if v.migration_status().active {
-                bail!("volume {volume:?}: a migration is already running");
-            }
             if vc.layout.is_some() {
                 bail!("volume {volume:?}: only single-backend volumes can be migrated");
             }
+            let lp = crate::server::migration_log_path(&cfg, &volume);
+            if let Some(r) = vtgt_engine::MigrationLog::load(&lp)? {
+                if !r.complete && !v.migration_status().active {
+                    bail!(
+                        "volume {volume:?}: an interrupted migration to {} is pending; it resumes when vtgt restarts",
+                        r.to.display()
+                    );
+                }
+            }
+            use std::os::unix::fs::FileTypeExt;
+            let is_device = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
+            if path.exists() && !is_device {
+                bail!("migration target {} exists; name a new file", path.display());
+            }
+            let from = crate::server::current_volume_path(&cfg, vc)?;
+            let to = if is_device {
+                vtgt_engine::FileBackend::open_block_device(&path)
+            } else {
+                vtgt_engine::FileBackend::open_or_create(&path, bytes)
+            }
+            .with_context(|| format!("migration target {}", path.display()))?;
             // File and block volumes log their progress so that a crash
             // neither loses writes already on the new backend nor restarts
             // the copy; memory volumes do not survive a restart anyway.
-            let log = match crate::server::current_volume_path(&cfg, vc)? {
-                Some(from) if vc.backend != BackendKind::Memory => {
-                    if from == path {
-                        bail!("volume {volume:?} is already at {}", path.display());
+            let logged = vc.backend != BackendKind::Memory;
+            let total = v.num_blocks();
+            let target = path.clone();
+            let run = v
+                .start_migration(Arc::new(to), move || match (logged, from) {
+                    (true, Some(from)) => {
+                        vtgt_engine::MigrationLog::create(&lp, &from, &target, total).map(Some)
                     }
-                    let lp = crate::server::migration_log_path(&cfg, &volume);
-                    Some(Arc::new(
-                        vtgt_engine::MigrationLog::create(&lp, &from, &path, v.num_blocks())
-                            .with_context(|| format!("migration log {}", lp.display()))?,
-                    ))
+                    _ => Ok(None),
+                })
+                .await;
+            let run = match run {
+                Ok(r) => r,
+                Err(e) => {
+                    if !is_device {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    bail!("volume {volume:?}: {e}");
                 }
-                _ => None,
             };
-            let to = vtgt_engine::FileBackend::open_or_create(&path, bytes)
-                .with_context(|| format!("migration target {}", path.display()))?;
-            let bg = v.clone();
+            let name = volume.clone();
             tokio::spawn(async move {
-                if let Err(e) = bg.migrate_logged(Arc::new(to), log).await {
-                    warn!(volume = %bg.name(), "migration failed: {e}");
+                if let Err(e) = run.await {
+                    warn!(volume = %name, "migration failed: {e}");
                 }
             });
             return Ok(json!({"volume": volume, "to": path, "migration": "started"}));

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -244,6 +244,13 @@ impl Server {
             sum.needs_restart.push("data_dir".into());
         }
         // Prepare everything fallible before changing anything.
+        for (name, e) in &st.volumes {
+            if !new.volumes.iter().any(|v| &v.name == name) && e.volume.migration_status().active {
+                return Err(anyhow!(
+                    "volume {name:?} is being migrated; remove it once the migration is done"
+                ));
+            }
+        }
         let mut opened = HashMap::new();
         let mut grow = Vec::new();
         for v in &new.volumes {
@@ -393,7 +400,16 @@ impl Server {
             .collect();
         for name in gone {
             if let Some(e) = st.volumes.remove(&name) {
-                let _ = e.volume.flush().await;
+                if let Err(err) = e.volume.close().await {
+                    tracing::warn!(volume = %name, "closing a removed volume: {err}");
+                }
+            }
+            // A volume later added under this name starts from its config.
+            let log = migration_log_path(&st.cfg, &name);
+            if let Err(err) = std::fs::remove_file(&log) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(volume = %name, "removing {}: {err}", log.display());
+                }
             }
             sum.volumes_removed.push(name);
         }
@@ -461,12 +477,27 @@ fn open_plain(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Arc<Volum
         let b = if block {
             FileBackend::open_block_device(p)
         } else {
-            FileBackend::open_or_create(p, 0)
+            FileBackend::open_existing(p)
         };
         Ok(Arc::new(b.with_context(|| {
             format!("volume {:?}: migrated backend {}", v.name, p.display())
         })?))
     };
+    // The log belongs to this volume only while the config still names one
+    // end of that migration.
+    if let Some(p) = cfg.volume_path(v) {
+        if p != rec.from && p != rec.to {
+            bail!(
+                "volume {:?}: {} records a migration from {} to {}, but the config names {}; \
+                 fix the path or remove the log",
+                v.name,
+                log_path.display(),
+                rec.from.display(),
+                rec.to.display(),
+                p.display()
+            );
+        }
+    }
     if rec.complete {
         info!(volume = %v.name, path = %rec.to.display(), "serving from where a live migration moved it");
         return Ok(Volume::simple(&v.name, file(&rec.to)?, v.block_size));
