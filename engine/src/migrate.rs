@@ -285,7 +285,10 @@ impl Volume {
         self: &Arc<Self>,
         to: Arc<dyn Backend>,
         make_log: F,
-    ) -> Result<impl std::future::Future<Output = Result<u64, EngineError>> + Send + 'static, EngineError>
+    ) -> Result<
+        impl std::future::Future<Output = Result<u64, EngineError>> + Send + 'static,
+        EngineError,
+    >
     where
         F: FnOnce() -> std::io::Result<Option<MigrationLog>>,
     {

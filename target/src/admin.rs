@@ -226,7 +226,10 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
             use std::os::unix::fs::FileTypeExt;
             let is_device = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
             if path.exists() && !is_device {
-                bail!("migration target {} exists; name a new file", path.display());
+                bail!(
+                    "migration target {} exists; name a new file",
+                    path.display()
+                );
             }
             let from = crate::server::current_volume_path(&cfg, vc)?;
             let to = if is_device {

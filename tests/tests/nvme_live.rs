@@ -416,26 +416,39 @@ async fn resize_of_an_exported_volume_is_announced() {
 }
 
 #[tokio::test]
-async fn namespace_moved_to_another_volume_is_announced() {
+async fn namespace_cannot_move_to_another_volume_in_one_step() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let (ctx, addr) = setup(dir.path(), cfg.clone()).await;
     let (ctrl, q) = connect(addr, SUB).await;
     q.write(1, 0, pattern(6, 512), BS, false).await.unwrap();
-    let aer = ctrl.aer();
-    let mut next = cfg;
+    let mut next = cfg.clone();
     next.subsystems[0].namespaces[0].volume = "c".into();
+    let err = ctx.server.apply(next.clone()).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("remove it, then add it"),
+        "{err:#}"
+    );
+    // Nothing changed: I/O still reaches volume "a".
+    let d = pattern(7, 512);
+    q.write(1, 0, d.clone(), BS, false).await.unwrap();
+    let a = ctx.server.volume("a").await.unwrap();
+    assert_eq!(a.volume.read(0, 1).await.unwrap(), d);
+    // Remove, then add over "c": announced both times.
+    let aer = ctrl.aer();
+    let mut removed = cfg;
+    removed.subsystems[0].namespaces.remove(0);
+    ctx.server.apply(removed).await.unwrap();
+    assert_eq!(ns_changed_event(&ctrl, aer).await, vec![1]);
+    let aer = ctrl.aer();
     let sum = ctx.server.apply(next).await.unwrap();
-    assert_eq!(sum.namespaces_changed, vec![format!("{SUB}/1")]);
+    assert_eq!(sum.namespaces_added, vec![format!("{SUB}/1")]);
     assert_eq!(ns_changed_event(&ctrl, aer).await, vec![1]);
     assert_eq!(ctrl.identify_ns(1).await.unwrap().nsze, 4 * MIB / BS as u64);
-    // I/O now reaches volume "c".
-    let d = pattern(7, 512);
+    let d = pattern(8, 512);
     q.write(1, 0, d.clone(), BS, false).await.unwrap();
     let c = ctx.server.volume("c").await.unwrap();
     assert_eq!(c.volume.read(0, 1).await.unwrap(), d);
-    let a = ctx.server.volume("a").await.unwrap();
-    assert_eq!(a.volume.read(0, 1).await.unwrap(), pattern(6, 512));
     ctrl.close().await;
     ctx.server.shutdown().await.unwrap();
 }

@@ -157,7 +157,10 @@ impl Controller {
         if let Some((cid, dw0)) = done {
             let r = self.admin.lock().clone();
             if let Some(r) = r {
-                r.complete(cid, Status::SUCCESS, dw0 as u64).await;
+                // Not awaited: a host that stops reading its admin queue
+                // must not hold up the caller (a live change under the
+                // server's lock).
+                tokio::spawn(async move { r.complete(cid, Status::SUCCESS, dw0 as u64).await });
             }
         }
     }

@@ -237,10 +237,18 @@ pub fn build_namespaces(
         let entry = volumes
             .get(&n.volume)
             .ok_or_else(|| anyhow::anyhow!("subsystem {}: unknown volume {}", cfg.nqn, n.volume))?;
-        let kept = old
-            .and_then(|o| o.get(&n.nsid))
-            .filter(|ns| Arc::ptr_eq(&ns.entry.volume, &entry.volume))
-            .cloned();
+        let prev = old.and_then(|o| o.get(&n.nsid));
+        // Commands a host queued for the old volume would land on the new
+        // one before it rescans (Linux nvmet refuses this too).
+        if prev.is_some_and(|ns| !Arc::ptr_eq(&ns.entry.volume, &entry.volume)) {
+            anyhow::bail!(
+                "subsystem {}: namespace {} cannot move to volume {} while it exists; remove it, then add it",
+                cfg.nqn,
+                n.nsid,
+                n.volume
+            );
+        }
+        let kept = prev.cloned();
         let ns = kept.unwrap_or_else(|| {
             Arc::new(Namespace {
                 nsid: n.nsid,
