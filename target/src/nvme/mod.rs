@@ -511,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn changed_nsids_are_added_removed_or_moved() {
+    fn changed_nsids_are_added_or_removed_and_moves_refused() {
         let vols: HashMap<String, VolumeEntry> =
             [("a", entry("a")), ("b", entry("b")), ("c", entry("c"))]
                 .into_iter()
@@ -523,15 +523,17 @@ mod tests {
             None,
         )
         .unwrap();
-        // 1 kept, 2 removed, 3 moved to "a", 4 added.
+        // 1 and 3 kept, 2 removed, 4 added.
         let new = build_namespaces(
-            &sub_cfg("nqn.x:s", &[(1, "a"), (3, "a"), (4, "c")]),
+            &sub_cfg("nqn.x:s", &[(1, "a"), (3, "c"), (4, "c")]),
             &vols,
             Some(&old),
         )
         .unwrap();
         assert!(Arc::ptr_eq(&old[&1], &new[&1]), "unchanged namespace kept");
-        assert_eq!(changed_nsids(&old, &new), vec![2, 3, 4]);
+        assert_eq!(changed_nsids(&old, &new), vec![2, 4]);
+        let moved = build_namespaces(&sub_cfg("nqn.x:s", &[(3, "a")]), &vols, Some(&old));
+        assert!(moved.unwrap_err().to_string().contains("cannot move"));
         assert!(changed_nsids(&new, &new).is_empty());
         let e = build_namespaces(&sub_cfg("nqn.x:s", &[(1, "zz")]), &vols, None).unwrap_err();
         assert!(e.to_string().contains("unknown volume zz"), "{e}");
