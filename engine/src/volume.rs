@@ -78,10 +78,12 @@ pub struct Volume {
 /// The outcome of tag reconciliation at open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
-    /// Tag entries every leg of their mirror held (nothing to do).
+    /// Tag entries every leg of their mirror held. Their writes may still
+    /// have reached only some legs (entries go first): copied too.
     pub matched: u64,
-    /// Entries only some legs held: their ranges were copied.
+    /// Entries only some legs held.
     pub unmatched: u64,
+    /// Bytes copied from a leg holding an entry to the others.
     pub copied_bytes: u64,
     /// The machine restarted while the volume was open, so the tables
     /// could not be trusted and the legs were copied whole.
@@ -279,9 +281,10 @@ impl Volume {
         Ok(())
     }
 
-    /// Compares the Up legs' tag tables per mirror and copies unmatched
-    /// ranges (everything, from the first Up leg, when the tables are not
-    /// `trusted`); then empties the Up legs' tables. Returns the next tag.
+    /// Copies the range of every entry the Up legs' tag tables hold, per
+    /// mirror, from a leg holding it to the others (everything, from the
+    /// first Up leg, when the tables are not `trusted`); then empties the
+    /// tables. Returns the next tag.
     fn reconcile_tags(
         &self,
         tables: &BTreeMap<usize, TagTable>,
@@ -340,7 +343,7 @@ impl Volume {
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
         let todo = if trusted {
-            crate::tags::unmatched(&groups, &entries)
+            unretired_ranges(&groups, &entries)
         } else {
             // Whole-volume copies in 1 MiB pieces; a piece resolves to the
             // parts of it that live on each mirror.
@@ -380,7 +383,12 @@ impl Volume {
                 }
                 report.copied_bytes += to.iter().map(|t| t.blocks * bs).sum::<u64>();
             }
-            report.unmatched += 1;
+            if !trusted {
+                report.unmatched += 1;
+            }
+        }
+        if trusted {
+            report.unmatched = crate::tags::unmatched(&groups, &entries).len() as u64;
         }
         // Distinct entries per mirror, less the unmatched ones.
         report.matched = groups
@@ -393,7 +401,7 @@ impl Volume {
                     .len() as u64
             })
             .sum::<u64>()
-            .saturating_sub(todo.len() as u64);
+            .saturating_sub(report.unmatched);
         if !trusted {
             tracing::warn!(volume = %self.name, bytes = report.copied_bytes,
                 "the machine restarted with the mirror open: legs copied whole");
@@ -1116,7 +1124,9 @@ impl Volume {
             self.resync.lock().done += n * bs;
             self.resync_copied.fetch_add(n * bs, Ordering::Relaxed);
             copied.push(region);
-            if i + 1 < ranges.len() && last_save.elapsed() >= RESYNC_SAVE_INTERVAL {
+            let due =
+                copied.len() >= RESYNC_SAVE_REGIONS || last_save.elapsed() >= RESYNC_SAVE_INTERVAL;
+            if i + 1 < ranges.len() && due {
                 self.save_resync_progress(id, &std::mem::take(&mut copied))
                     .await?;
                 last_save = Instant::now();
@@ -1291,6 +1301,56 @@ impl Volume {
         self.nblocks.store(nblocks, Ordering::Release);
         Ok(())
     }
+}
+
+/// Every entry the Up legs of each mirror hold, as (entry, a leg holding
+/// it, the mirror's other legs). An entry on every leg is no proof its data
+/// reached every leg (the entries go first, then the data), so each range
+/// is copied from one leg to the others, whether the tables match or not.
+///
+/// Order: first the entries only some legs hold, in tag order, each from a
+/// leg holding it (so a write that reached one leg ends up whole
+/// everywhere); then the matched ones, in tag order, from the mirror's
+/// first leg. A matched range never undoes an unmatched one: overlapping
+/// mirror writes are serialized, so a later write exists only once an
+/// earlier one is done on every leg, and the first leg holds the unmatched
+/// data by then.
+fn unretired_ranges(
+    groups: &[Vec<usize>],
+    tables: &BTreeMap<usize, Vec<TagEntry>>,
+) -> Vec<(TagEntry, usize, Vec<usize>)> {
+    let mut out = Vec::new();
+    let mut matched = Vec::new();
+    for g in groups {
+        let all: BTreeSet<TagEntry> = g
+            .iter()
+            .filter_map(|l| tables.get(l))
+            .flatten()
+            .copied()
+            .collect();
+        for e in all {
+            let Some(src) = g
+                .iter()
+                .copied()
+                .find(|l| tables.get(l).is_some_and(|es| es.contains(&e)))
+            else {
+                continue;
+            };
+            let others: Vec<usize> = g.iter().copied().filter(|l| *l != src).collect();
+            let everywhere = others
+                .iter()
+                .all(|l| tables.get(l).is_some_and(|es| es.contains(&e)));
+            if everywhere {
+                matched.push((e, src, others));
+            } else {
+                out.push((e, src, others));
+            }
+        }
+    }
+    out.sort_by_key(|x| x.0.tag);
+    matched.sort_by_key(|x| x.0.tag);
+    out.extend(matched);
+    out
 }
 
 /// Waits until nobody but us holds `old` (I/Os admitted or resolved
