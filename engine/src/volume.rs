@@ -111,8 +111,11 @@ pub struct MirrorStatus {
     pub resync: ResyncStatus,
 }
 
-/// How often a running resync records its progress durably.
+/// How often a running resync records its progress durably: after this
+/// long or this many regions, whichever comes first (a save costs two
+/// fsyncs; a region copy, a region of I/O).
 const RESYNC_SAVE_INTERVAL: Duration = Duration::from_millis(250);
+const RESYNC_SAVE_REGIONS: usize = 32;
 
 fn invalid(msg: &str) -> EngineError {
     EngineError::Io(std::io::Error::new(
