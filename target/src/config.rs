@@ -111,7 +111,7 @@ pub struct JournalConfig {
     /// volumes, whose journals are in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// Size of each journal, such as "64MiB" (at least 1 MiB).
+    /// Size of each journal, such as "64MiB" (at least 256 KiB).
     pub size: String,
     /// How many journals: one active and the rest spares (2 to 64).
     #[serde(default = "default_journal_count")]
@@ -120,14 +120,14 @@ pub struct JournalConfig {
 
 /// Smallest journal: a write longer than a quarter of it takes several
 /// entries, so this bounds the entry count of the longest host write.
-pub const MIN_JOURNAL_BYTES: u64 = 1 << 20;
+pub const MIN_JOURNAL_BYTES: u64 = 256 << 10;
 
 impl JournalConfig {
     pub fn check(&self, block_size: u32) -> Result<u64, String> {
         let bytes = parse_size(&self.size)?;
         if bytes < MIN_JOURNAL_BYTES || bytes % block_size as u64 != 0 {
             return Err(format!(
-                "size {:?}: at least 1MiB and a multiple of the block size",
+                "size {:?}: at least 256KiB and a multiple of the block size",
                 self.size
             ));
         }
@@ -759,7 +759,7 @@ mod journal_tests {
     #[test]
     fn bad_journals_are_refused_with_a_reason() {
         for (cfg, want) in [
-            ("size = \"64KiB\"", "at least 1MiB"),
+            ("size = \"64KiB\"", "at least 256KiB"),
             ("size = \"4MiB\"\ncount = 1", "between 2 and 64"),
             ("size = \"4 parsecs\"", "unknown size unit"),
             ("size = \"4MiB\"\nfile = \"\"", "empty name"),
