@@ -222,9 +222,8 @@ async fn one_journal_is_refused_and_writes_longer_than_a_journal_go_in_pieces() 
     // The active journal holds the last piece: a crash now replays it.
     let held: u64 = stores
         .iter()
-        .map(|s| WriteJournal::open(s.clone()).unwrap().replay().unwrap())
-        .flatten()
+        .flat_map(|s| WriteJournal::open(s.clone()).unwrap().replay().unwrap())
         .map(|e| e.len())
         .sum();
-    assert!(held >= 2048 && held <= 4096, "{held}");
+    assert!((2048..=4096).contains(&held), "{held}");
 }

@@ -34,8 +34,10 @@ const SPAN: u64 = 4096;
 const CHUNK: u64 = 8;
 const WRITERS: u64 = 4;
 const ROUNDS: usize = 8;
-/// (LUN, volume, its mirror leg files in pairs).
-const LUNS: [(u64, &str, &[(&str, &str)]); 3] = [
+/// Mirror leg files that must hold the same bytes, in pairs.
+type LegPairs = &'static [(&'static str, &'static str)];
+/// (LUN, volume, its mirror leg files).
+const LUNS: [(u64, &str, LegPairs); 3] = [
     (0, "mirror", &[("m-a.img", "m-b.img")]),
     (
         1,
