@@ -194,10 +194,17 @@ impl Volume {
             return Err(e);
         }
         let n = sealed.len();
-        for j in sealed {
-            self.recycle_journal(j).await?;
+        let mut left = sealed.into_iter();
+        while let Some(j) = left.next() {
+            if let Err(e) = self.recycle_journal(j.clone()).await {
+                // Kept sealed (not lost) for a later try.
+                let mut s = self.wj.sealed.lock();
+                s.push(j);
+                s.extend(left);
+                return Err(e);
+            }
+            self.wj.recycled.fetch_add(1, Ordering::Relaxed);
         }
-        self.wj.recycled.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
