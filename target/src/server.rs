@@ -618,6 +618,7 @@ fn open_layout(
             path: l.file.clone(),
             size: size.clone(),
             layout: None,
+            journal: None,
             ..v.clone()
         };
         backends.push(open_backend(cfg, &leaf)?);

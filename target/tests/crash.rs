@@ -10,16 +10,19 @@
 //! A write counts as acknowledged when it completed with FUA, or, for a
 //! write without FUA, once a later SYNCHRONIZE CACHE completed.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cdb10;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use vtgt_initiator::{DataDir, LoginConfig, Session};
@@ -114,36 +117,18 @@ volume = "plain"
     cfg
 }
 
-/// Starts vtgt; returns once its portal and admin socket are up.
+/// Starts vtgt on `cfg`; returns once its portal and admin socket are up.
 fn start(cfg: &Path) -> (Vtgt, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vtgt"))
-        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn vtgt");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut addr = None;
-    let mut admin = false;
-    while addr.is_none() || !admin {
-        let line = lines
-            .next()
-            .expect("vtgt exited before it was up")
-            .expect("read stderr");
-        let marker = "iSCSI portal up listen=";
-        if let Some(i) = line.find(marker) {
-            let a = &line[i + marker.len()..];
-            let a = a.split_whitespace().next().unwrap_or(a);
-            addr = Some(a.parse().expect("portal address"));
-        }
-        admin |= line.contains("admin socket up");
+    let path = cfg.to_str().expect("config path");
+    let (child, addr) = common::start(&["--config", path]);
+    let v = Vtgt(child);
+    let sock = cfg.parent().expect("config dir").join("data/vtgt.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    // Keep draining the log so vtgt never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (Vtgt(child), addr.expect("portal"))
+    (v, addr)
 }
 
 fn admin(dir: &Path, req: Value) -> Value {
@@ -218,15 +203,6 @@ fn lun_field(lun: u64) -> u64 {
     lun << 48
 }
 
-fn cdb10(op: u8, flags: u8, lba: u64, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = op;
-    c[1] = flags;
-    c[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
 /// Deterministic pseudo-random numbers from a seed the test prints.
 struct Lcg(u64);
 impl Lcg {
@@ -288,7 +264,7 @@ async fn writer(
                 bl[b as usize].maybe.insert(sq);
             }
         }
-        let cdb = cdb10(0x2a, if fua { 0x08 } else { 0 }, lba, n as u16);
+        let cdb = cdb10(0x2a, if fua { 0x08 } else { 0 }, lba as u32, n as u16);
         let r = tokio::time::timeout(
             timeout,
             s.command(
@@ -340,7 +316,7 @@ async fn verify(s: &Session, lu: &Lu) -> Result<(), String> {
     const STEP: u64 = 128;
     let mut bl = lu.blocks.lock().clone();
     for at in (0..SPAN).step_by(STEP as usize) {
-        let cdb = cdb10(0x28, 0, at, STEP as u16);
+        let cdb = cdb10(0x28, 0, at as u32, STEP as u16);
         let r = s
             .command(
                 lun_field(lu.lun),
@@ -547,7 +523,7 @@ const REGION_BYTES: u64 = 1 << 20;
 async fn touch_every_region(s: &Session, seq: u64) {
     for r in 0..MIB {
         let lba = r * REGION_BYTES / BS as u64 + seq % 64;
-        let cdb = cdb10(0x2a, 0, lba, 1);
+        let cdb = cdb10(0x2a, 0, lba as u32, 1);
         let d = Bytes::copy_from_slice(&block(0, lba, seq));
         let res = s
             .command(lun_field(0), &cdb, DataDir::Write, BS as u32, d)
@@ -640,7 +616,7 @@ fn kill_9_during_resync_resumes_it_on_restart() {
         let s = login(addr).await;
         for r in 0..MIB {
             let lba = r * REGION_BYTES / BS as u64;
-            let cdb = cdb10(0x28, 0, lba, 64);
+            let cdb = cdb10(0x28, 0, lba as u32, 64);
             for _ in 0..2 {
                 let res = s
                     .command(
