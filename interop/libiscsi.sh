@@ -3,8 +3,9 @@
 # portal for the multipath tests) against a fresh vtgt on loopback, and
 # checks that iscsi-ls lists the target and its LUN. Extra passes: the
 # ReadOnly family on a write-protected LU, the removable-medium families
-# (PreventAllow, NoMedia, StartStopUnit) on a removable LU, and the Sanitize
-# family (iscsi-test-cu -S) on an LU of its own.
+# (PreventAllow, NoMedia, StartStopUnit) on a removable LU, the Sanitize
+# family (iscsi-test-cu -S) on an LU of its own, and the Read and Write
+# suites on a RAID10 volume and on a journaled mirror.
 #
 # CUnit counts a skipped test as passed, so this script reports real passes,
 # skips and failures separately, and fails on any failure.
@@ -61,6 +62,15 @@ stripe = [
   { mirror = [{ file = "r10-a0.img" }, { file = "r10-a1.img" }] },
   { mirror = [{ file = "r10-b0.img" }, { file = "r10-b1.img" }] },
 ]
+[[volume]]
+name = "libiscsi-j"
+backend = "file"
+size = "64MiB"
+[volume.layout]
+mirror = [{ file = "j-a.img" }, { file = "j-b.img" }]
+[volume.journal]
+size = "8MiB"
+count = 2
 [[target]]
 name = "$target"
 [[target.lun]]
@@ -72,6 +82,13 @@ name = "$target-r10"
 [[target.lun]]
 id = 0
 volume = "libiscsi-r10"
+# A journaled two-leg mirror (8 MiB journals, so long writes go in pieces
+# and the journals fill and are recycled) for the Read and Write suites.
+[[target]]
+name = "$target-j"
+[[target.lun]]
+id = 0
+volume = "libiscsi-j"
 # A second target whose LU starts write protected, for the ReadOnly family:
 # iscsi-test-cu decides once, from MODE SENSE WP, whether the LU is
 # read-only, and skips ReadOnly.ReadOnlySBC on a writable one.
@@ -154,13 +171,24 @@ fi
 # The Read and Write suites on the RAID10 volume, reported on their own
 # line (they repeat main-suite tests on another composition).
 r10_rc=0
-r10_tests=${LIBISCSI_R10_TESTS-ALL.Read6*,ALL.Read10*,ALL.Read12*,ALL.Read16*,ALL.Write10*,ALL.Write12*,ALL.Write16*}
+rw_tests=ALL.Read6*,ALL.Read10*,ALL.Read12*,ALL.Read16*,ALL.Write10*,ALL.Write12*,ALL.Write16*
+r10_tests=${LIBISCSI_R10_TESTS-$rw_tests}
 : >"$work/cu-r10.log"
 if [ -n "$r10_tests" ]; then
     echo "== iscsi-test-cu -d -t $r10_tests (RAID10 volume)"
     timeout 900 iscsi-test-cu -d -V -t "$r10_tests" \
         "iscsi://$p1/$target-r10/0" >"$work/cu-r10.log" 2>&1
     r10_rc=$?
+fi
+# The same suites on the journaled mirror.
+j_rc=0
+j_tests=${LIBISCSI_J_TESTS-$rw_tests}
+: >"$work/cu-j.log"
+if [ -n "$j_tests" ]; then
+    echo "== iscsi-test-cu -d -t $j_tests (journaled mirror)"
+    timeout 900 iscsi-test-cu -d -V -t "$j_tests" \
+        "iscsi://$p1/$target-j/0" >"$work/cu-j.log" 2>&1
+    j_rc=$?
 fi
 set -e
 
@@ -201,10 +229,23 @@ if [ -n "$r10_tests" ]; then
     fi
 fi
 
+CU_PREFIX=j: parse_cu "$work/cu-j.log" >"$work/results-j"
+j_pass=$(grep -c '^PASS' "$work/results-j" || true)
+j_skip=$(grep -c '^SKIP' "$work/results-j" || true)
+j_fail=$(grep -c '^FAIL' "$work/results-j" || true)
+if [ -n "$j_tests" ]; then
+    echo "libiscsi on a journaled mirror: $j_pass passed, $j_fail failed, $j_skip skipped"
+    if [ "$j_fail" -gt 0 ] || [ "$j_rc" -ne 0 ] || [ "$j_pass" -eq 0 ]; then
+        grep '^FAIL' "$work/results-j" >&2 || true
+        echo "libiscsi on a journaled mirror failed" >&2
+        exit 1
+    fi
+fi
+
 pass=$(grep -c '^PASS' "$work/results" || true)
 skip=$(grep -c '^SKIP' "$work/results" || true)
 fail=$(grep -c '^FAIL' "$work/results" || true)
-logs=("$work/cu.log" "$work/cu-ro.log" "$work/cu-rm.log" "$work/cu-san.log" "$work/cu-r10.log")
+logs=("$work/cu.log" "$work/cu-ro.log" "$work/cu-rm.log" "$work/cu-san.log" "$work/cu-r10.log" "$work/cu-j.log")
 grep -h -A4 'Run Summary' "${logs[@]}" || true
 # A main-run skip whose test passes in an extra pass (ro:, rm:, san:) is
 # covered; the others are not run anywhere.

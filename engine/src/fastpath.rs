@@ -186,13 +186,6 @@ impl Exposure {
             IoKind::Write if red.fault_on_write => return Err(FaultReason::FaultOnWrite),
             _ => {}
         }
-        if kind == IoKind::Write {
-            if let Some(j) = vol.write_journal() {
-                if !j.has_room((blocks * vol.block_size() as u64) as usize) {
-                    return Err(FaultReason::JournalFull);
-                }
-            }
-        }
         let pos = ext.pos(lba);
         // One downstream I/O per leg: a stripe-unit crossing goes to the
         // control path, which splits it (see README, "Stripe crossings").
@@ -296,9 +289,17 @@ impl Admission {
         // overlapping range, otherwise an atomic counter. Mirrored: exclusive
         // over the range, so overlapping writes reach every leg in one order.
         let guard = self.volume.write_lock(self.lba, self.blocks).await;
-        // Write splitting into the journal first (a full one is swapped by
-        // the control path inside).
-        self.volume.journal_append(self.lba, &data, fua).await?;
+        if self.volume.journal_splits(data.len()) {
+            // Too long for one journal entry run: the control path writes
+            // it in pieces.
+            let Admission { volume, lba, .. } = self;
+            let r = volume.journaled_write(lba, data, fua).await;
+            drop(guard);
+            return r;
+        }
+        // Write splitting into the journal first. A full journal faults to
+        // the control path inside (counted there, once), which swaps it.
+        let _pin = self.volume.journal_append(self.lba, &data, fua).await?;
         // One plain target without FUA: what the page cache takes without
         // blocking is written here; only a remainder goes to the pool.
         if !fua && !self.volume.is_mirrored() {

@@ -6,7 +6,7 @@
 //! (temp file, fsync, rename, fsync directory): it changes only on a leg
 //! failure, on the first write to a region after one, and around resyncs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
@@ -20,16 +20,26 @@ pub struct MirrorMeta {
     pub legs: BTreeMap<usize, (LegState, u64)>,
     /// region index -> generation of its last write while degraded.
     pub ages: BTreeMap<u64, u64>,
+    /// Legs in resync -> regions still to copy to them, so that a resync
+    /// a restart interrupted resumes where it was.
+    pub todo: BTreeMap<usize, BTreeSet<u64>>,
 }
 
 impl MirrorMeta {
     pub fn encode(&self) -> String {
-        let mut s = format!("vtgt-mirror 1\ngeneration {}\n", self.generation);
+        let mut s = format!("vtgt-mirror 2\ngeneration {}\n", self.generation);
         for (id, (st, g)) in &self.legs {
             s.push_str(&format!("leg {id} {} {g}\n", st.as_str()));
         }
         for (r, g) in &self.ages {
             s.push_str(&format!("age {r} {g}\n"));
+        }
+        for (id, regions) in &self.todo {
+            // Even with nothing left: "resync" says the list is tracked.
+            s.push_str(&format!("resync {id}\n"));
+            for r in regions {
+                s.push_str(&format!("todo {id} {r}\n"));
+            }
         }
         s.push_str("end\n");
         s
@@ -39,7 +49,9 @@ impl MirrorMeta {
         let bad = |l: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad line {l:?}"));
         let mut m = MirrorMeta::default();
         let mut lines = text.lines();
-        if lines.next() != Some("vtgt-mirror 1") {
+        // Version 1 has no resync lists; a resync leg in one is copied again
+        // from its age list.
+        if !matches!(lines.next(), Some("vtgt-mirror 1" | "vtgt-mirror 2")) {
             return Err(bad("header"));
         }
         let mut ended = false;
@@ -61,6 +73,12 @@ impl MirrorMeta {
                 }
                 Some("age") => {
                     m.ages.insert(num(1)?, num(2)?);
+                }
+                Some("resync") => {
+                    m.todo.entry(num(1)? as usize).or_default();
+                }
+                Some("todo") => {
+                    m.todo.entry(num(1)? as usize).or_default().insert(num(2)?);
                 }
                 Some("end") => ended = true,
                 _ => return Err(bad(l)),
@@ -139,8 +157,15 @@ mod tests {
         m.legs.insert(0, (LegState::Up, 3));
         m.legs.insert(1, (LegState::Dead, 2));
         m.ages.insert(7, 3);
+        m.legs.insert(2, (LegState::Resync, 1));
+        m.todo.insert(2, [7u64, 9].into_iter().collect());
+        // Tracked with nothing left to copy is not the same as untracked.
+        m.todo.insert(3, BTreeSet::new());
         m.save(&p).unwrap();
         assert_eq!(MirrorMeta::load(&p).unwrap(), Some(m.clone()));
+        // Version 1 files still load.
+        std::fs::write(&p, "vtgt-mirror 1\ngeneration 4\nleg 0 up 4\nend\n").unwrap();
+        assert_eq!(MirrorMeta::load(&p).unwrap().unwrap().generation, 4);
         std::fs::write(&p, "vtgt-mirror 1\ngeneration 4\n").unwrap();
         assert!(MirrorMeta::load(&p).is_err(), "a torn file is refused");
     }

@@ -24,11 +24,14 @@ use crate::layout::{Compiled, Layout};
 use crate::mirror::{MirrorMeta, ResyncStatus};
 use crate::rangelock::{RangeGuard, RangeLocks};
 use crate::tags::{TagEntry, TagTable, Tags};
-use crate::wjournal::{AppendError, JEntry, WriteJournal};
 
 #[path = "migrate.rs"]
 mod migrate;
 pub use migrate::{MigrationLog, MigrationRecord, MigrationStatus};
+
+#[path = "volume_wj.rs"]
+mod wj;
+pub use wj::JournalStatus;
 
 #[derive(Debug)]
 pub struct Volume {
@@ -67,22 +70,20 @@ pub struct Volume {
     reconcile: parking_lot::Mutex<ReconcileReport>,
     /// Says whether the tag tables survived; marked clean by `close`.
     tag_session: Option<Arc<crate::tags::TagSession>>,
-    /// Write journaling: the journal every host write is also appended to.
-    wjournal: arc_swap::ArcSwapOption<WriteJournal>,
-    /// Empty journals to swap in when the active one fills.
-    wj_spares: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
-    /// Full journals swapped out, waiting for a copy agent.
-    wj_sealed: parking_lot::Mutex<Vec<Arc<WriteJournal>>>,
+    /// Write journaling: the journals every host write is also appended to.
+    wj: wj::Journaling,
     migration: parking_lot::Mutex<MigrationStatus>,
 }
 
 /// The outcome of tag reconciliation at open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
-    /// Tag entries every leg of their mirror held (nothing to do).
+    /// Tag entries every leg of their mirror held. Their writes may still
+    /// have reached only some legs (entries go first): copied too.
     pub matched: u64,
-    /// Entries only some legs held: their ranges were copied.
+    /// Entries only some legs held.
     pub unmatched: u64,
+    /// Bytes copied from a leg holding an entry to the others.
     pub copied_bytes: u64,
     /// The machine restarted while the volume was open, so the tables
     /// could not be trusted and the legs were copied whole.
@@ -109,6 +110,12 @@ pub struct MirrorStatus {
     pub region_blocks: u64,
     pub resync: ResyncStatus,
 }
+
+/// How often a running resync records its progress durably: after this
+/// long or this many regions, whichever comes first (a save costs two
+/// fsyncs; a region copy, a region of I/O).
+const RESYNC_SAVE_INTERVAL: Duration = Duration::from_millis(250);
+const RESYNC_SAVE_REGIONS: usize = 32;
 
 fn invalid(msg: &str) -> EngineError {
     EngineError::Io(std::io::Error::new(
@@ -167,15 +174,23 @@ impl Volume {
             meta.ages = m.ages;
             for (id, (st, g)) in m.legs {
                 if let Some(e) = meta.legs.get_mut(&id) {
-                    // A resync does not survive a restart: the leg goes back
-                    // to dead and is copied again when re-attached.
-                    let st = if st == LegState::Resync {
-                        LegState::Dead
-                    } else {
-                        st
-                    };
+                    // A leg in resync stays there (taking writes, serving no
+                    // reads): `resume_resyncs` finishes the copy.
                     *e = (st, g);
                     compiled.map = compiled.map.with_leg_state(id, st);
+                    if st == LegState::Resync {
+                        let todo = match m.todo.get(&id) {
+                            Some(t) => t.clone(),
+                            // Not tracked (an older file): all it missed.
+                            None => meta
+                                .ages
+                                .iter()
+                                .filter(|a| *a.1 > g)
+                                .map(|a| *a.0)
+                                .collect(),
+                        };
+                        meta.todo.insert(id, todo);
+                    }
                 }
             }
             if meta.legs.values().any(|l| l.0 != LegState::Up) {
@@ -275,9 +290,10 @@ impl Volume {
         Ok(())
     }
 
-    /// Compares the Up legs' tag tables per mirror and copies unmatched
-    /// ranges (everything, from the first Up leg, when the tables are not
-    /// `trusted`); then empties the Up legs' tables. Returns the next tag.
+    /// Copies the range of every entry the Up legs' tag tables hold, per
+    /// mirror, from a leg holding it to the others (everything, from the
+    /// first Up leg, when the tables are not `trusted`); then empties the
+    /// tables. Returns the next tag.
     fn reconcile_tags(
         &self,
         tables: &BTreeMap<usize, TagTable>,
@@ -292,12 +308,40 @@ impl Volume {
             .collect();
         let mut entries = BTreeMap::new();
         let mut max_tag = 0;
+        // Ranges some write was in flight to, on any leg.
+        let mut touched: Vec<(u64, u64)> = Vec::new();
         for (id, t) in tables {
             let es = t.entries()?;
             max_tag = es.iter().map(|e| e.tag).max().unwrap_or(0).max(max_tag);
+            touched.extend(es.iter().map(|e| (e.lba, e.blocks)));
             if up.contains(id) {
                 entries.insert(*id, es);
             }
+        }
+        // A leg in resync may lack any of those writes, even in regions
+        // already copied to it: copy them again when the resync resumes.
+        // Recorded before the tables are wiped.
+        let resyncing: Vec<usize> = map
+            .legs()
+            .into_iter()
+            .filter(|l| l.1 == LegState::Resync)
+            .map(|l| l.0)
+            .collect();
+        if !resyncing.is_empty() && !touched.is_empty() {
+            let nb = self.num_blocks();
+            let mut meta = self.meta.lock().clone();
+            for id in &resyncing {
+                let todo = meta.todo.entry(*id).or_default();
+                for &(lba, blocks) in &touched {
+                    if lba < nb && blocks > 0 {
+                        todo.extend(self.regions(lba, blocks.min(nb - lba)));
+                    }
+                }
+            }
+            if let Some(p) = &self.meta_path {
+                meta.save(p)?;
+            }
+            *self.meta.lock() = meta;
         }
         let groups: Vec<Vec<usize>> = map
             .mirror_groups()
@@ -308,7 +352,7 @@ impl Volume {
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
         let todo = if trusted {
-            crate::tags::unmatched(&groups, &entries)
+            unretired_ranges(&groups, &entries)
         } else {
             // Whole-volume copies in 1 MiB pieces; a piece resolves to the
             // parts of it that live on each mirror.
@@ -348,7 +392,12 @@ impl Volume {
                 }
                 report.copied_bytes += to.iter().map(|t| t.blocks * bs).sum::<u64>();
             }
-            report.unmatched += 1;
+            if !trusted {
+                report.unmatched += 1;
+            }
+        }
+        if trusted {
+            report.unmatched = crate::tags::unmatched(&groups, &entries).len() as u64;
         }
         // Distinct entries per mirror, less the unmatched ones.
         report.matched = groups
@@ -361,7 +410,7 @@ impl Volume {
                     .len() as u64
             })
             .sum::<u64>()
-            .saturating_sub(todo.len() as u64);
+            .saturating_sub(report.unmatched);
         if !trusted {
             tracing::warn!(volume = %self.name, bytes = report.copied_bytes,
                 "the machine restarted with the mirror open: legs copied whole");
@@ -372,7 +421,7 @@ impl Volume {
         for b in self.backends().iter() {
             b.flush()?;
         }
-        for id in &up {
+        for id in up.iter().chain(&resyncing) {
             if let Some(t) = tables.get(id) {
                 t.wipe()?;
             }
@@ -427,9 +476,7 @@ impl Volume {
             tags: None,
             reconcile: parking_lot::Mutex::new(ReconcileReport::default()),
             tag_session: None,
-            wjournal: arc_swap::ArcSwapOption::empty(),
-            wj_spares: parking_lot::Mutex::new(Vec::new()),
-            wj_sealed: parking_lot::Mutex::new(Vec::new()),
+            wj: wj::Journaling::default(),
             migration: parking_lot::Mutex::new(MigrationStatus::default()),
         }
     }
@@ -590,8 +637,7 @@ impl Volume {
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
         let blocks = data.len() as u64 / self.block_size as u64;
         let _g = self.write_lock(lba, blocks).await;
-        self.journal_append(lba, &data, fua).await?;
-        self.write_unlocked(lba, data, fua).await
+        self.journaled_write(lba, data, fua).await
     }
 
     /// A write by the holder of an exclusive lock over its range.
@@ -608,9 +654,9 @@ impl Volume {
                 "write outside the held range lock",
             )));
         }
-        self.journal_append(lba, &data, fua).await?;
-        self.write_unlocked(lba, data, fua).await
+        self.journaled_write(lba, data, fua).await
     }
+
     /// A write no other write can tear, not even a crash: journaled first
     /// when the volume has a journal, and exclusive against other writes.
     pub async fn write_atomic(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), EngineError> {
@@ -733,96 +779,6 @@ impl Volume {
         self.complete_write(lba, blocks, failures).await
     }
 
-    /// Turns on write journaling: every host write is appended to the
-    /// first journal before it is written in place; the others are spares.
-    pub fn attach_write_journals(&self, journals: Vec<Arc<WriteJournal>>) {
-        let mut it = journals.into_iter();
-        self.wjournal.store(it.next());
-        *self.wj_spares.lock() = it.collect();
-    }
-
-    /// Fraction of the active write journal in use (0 without one).
-    pub fn journal_fill_ratio(&self) -> f64 {
-        self.wjournal
-            .load()
-            .as_ref()
-            .map_or(0.0, |j| j.used() as f64 / j.capacity().max(1) as f64)
-    }
-
-    pub(crate) fn write_journal(&self) -> Option<Arc<WriteJournal>> {
-        self.wjournal.load_full()
-    }
-
-    /// Journals that filled up and were swapped out, for a copy agent; give
-    /// them back with [`Volume::recycle_journal`] once drained.
-    pub fn take_sealed_journals(&self) -> Vec<Arc<WriteJournal>> {
-        std::mem::take(&mut *self.wj_sealed.lock())
-    }
-
-    pub fn recycle_journal(&self, j: Arc<WriteJournal>) -> Result<(), EngineError> {
-        j.reset()?;
-        self.wj_spares.lock().push(j);
-        Ok(())
-    }
-
-    /// Appends a host write to the active journal. A full journal is the
-    /// journal-full fault: the control path seals it, swaps in an empty
-    /// spare and retries; with no spare left the write fails.
-    pub(crate) async fn journal_append(
-        &self,
-        lba: u64,
-        data: &Bytes,
-        fua: bool,
-    ) -> Result<(), EngineError> {
-        loop {
-            let Some(j) = self.wjournal.load_full() else {
-                return Ok(());
-            };
-            let d = data.clone();
-            let jj = j.clone();
-            let r = blocking(move || match jj.append(lba, &d, fua) {
-                Ok(_) => Ok(None),
-                Err(AppendError::Full) => Ok(Some(())),
-                Err(AppendError::Io(e)) => Err(EngineError::Io(e)),
-            })
-            .await?;
-            if r.is_none() {
-                return Ok(());
-            }
-            self.counters.fault(crate::fault::FaultReason::JournalFull);
-            let _cp = self.cp.lock().await;
-            // Someone else may have swapped already.
-            let cur = self.wjournal.load_full();
-            if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, &j)) {
-                let Some(spare) = self.wj_spares.lock().pop() else {
-                    return Err(EngineError::Io(std::io::Error::other(
-                        "write journal full and no empty journal to swap in",
-                    )));
-                };
-                if !spare.has_room(data.len()) {
-                    self.wj_spares.lock().push(spare);
-                    return Err(invalid("write larger than an empty journal"));
-                }
-                self.wjournal.store(Some(spare));
-                self.wj_sealed.lock().push(j);
-            }
-        }
-    }
-
-    /// Applies a journal's complete entries to the volume in order (after a
-    /// crash, or to bring a copy up to date). Returns how many.
-    pub async fn replay_journal(&self, j: Arc<WriteJournal>) -> Result<usize, EngineError> {
-        let entries: Vec<JEntry> = blocking(move || Ok(j.replay()?)).await?;
-        let n = entries.len();
-        for e in entries {
-            let blocks = e.data.len() as u64 / self.block_size as u64;
-            let _g = self.write_lock(e.lba, blocks).await;
-            self.write_unlocked(e.lba, Bytes::from(e.data), false)
-                .await?;
-        }
-        Ok(n)
-    }
-
     /// What a host write's downstream I/O needs, detached from `self` so it
     /// can run on a blocking thread.
     pub(crate) fn host_io(&self, map: &ExtentMap, lba: u64, blocks: u64) -> HostIo {
@@ -932,6 +888,8 @@ impl Volume {
             if let Some(e) = meta.legs.get_mut(&id) {
                 e.0 = LegState::Dead;
             }
+            // A later attach computes its copy list afresh.
+            meta.todo.remove(&id);
             newly_dead = true;
         }
         if newly_dead {
@@ -1017,7 +975,7 @@ impl Volume {
     /// last in sync has been copied to it from a live leg. Returns the
     /// bytes copied.
     pub async fn attach_leg(&self, id: usize) -> Result<u64, EngineError> {
-        let (since, list, old) = {
+        let old = {
             let _cp = self.cp.lock().await;
             let map = self.map.load_full();
             match map.legs().iter().find(|l| l.0 == id) {
@@ -1035,31 +993,67 @@ impl Volume {
             if let Some(e) = meta.legs.get_mut(&id) {
                 e.0 = LegState::Resync;
             }
-            self.persist(&meta).await?;
-            let list: Vec<u64> = meta
+            let todo = meta
                 .ages
                 .iter()
                 .filter(|(_, g)| **g > since)
                 .map(|(r, _)| *r)
                 .collect();
+            meta.todo.insert(id, todo);
+            self.persist(&meta).await?;
             *self.meta.lock() = meta;
             let next = map.with_leg_state(id, LegState::Resync);
             drop(map);
-            let old = self.map.swap(Arc::new(next));
-            (since, list, old)
+            self.map.swap(Arc::new(next))
         };
         // Writes resolved before the swap could skip the leg: wait them out
         // so every write from here on reaches it. Not under the CP lock: a
         // write holding a range lock may need it (FoW stamping) while an
         // admission under the old map waits for that range.
         wait_drained(old).await;
+        self.run_resync(id).await
+    }
+
+    /// Finishes the resyncs a restart interrupted: each leg that was in
+    /// resync gets the regions still on its list (plus those a crash may
+    /// have left it short of), then serves reads again. Returns the bytes
+    /// copied.
+    pub async fn resume_resyncs(&self) -> Result<u64, EngineError> {
+        let legs: Vec<usize> = self
+            .map
+            .load()
+            .legs()
+            .into_iter()
+            .filter(|l| l.1 == LegState::Resync)
+            .map(|l| l.0)
+            .collect();
+        let mut copied = 0;
+        for id in legs {
+            tracing::info!(volume = %self.name, leg = id, "resuming the resync a restart interrupted");
+            copied += self.run_resync(id).await?;
+        }
+        Ok(copied)
+    }
+
+    /// Copies the regions on leg `id`'s resync list to it and marks it Up.
+    async fn run_resync(&self, id: usize) -> Result<u64, EngineError> {
+        let (since, list) = {
+            let meta = self.meta.lock();
+            let since = meta.legs.get(&id).map(|l| l.1).unwrap_or(0);
+            let list: Vec<u64> = meta
+                .todo
+                .get(&id)
+                .map(|t| t.iter().copied().collect())
+                .unwrap_or_default();
+            (since, list)
+        };
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
-        let ranges: Vec<(u64, u64)> = list
+        let ranges: Vec<(u64, u64, u64)> = list
             .iter()
-            .map(|r| r * self.region_blocks)
-            .filter(|s| *s < nb)
-            .map(|s| (s, self.region_blocks.min(nb - s)))
+            .map(|r| (*r, r * self.region_blocks))
+            .filter(|(_, s)| *s < nb)
+            .map(|(r, s)| (r, s, self.region_blocks.min(nb - s)))
             .collect();
         {
             let mut p = self.resync.lock();
@@ -1067,7 +1061,7 @@ impl Volume {
                 leg: Some(id),
                 active: true,
                 done: 0,
-                total: ranges.iter().map(|r| r.1 * bs).sum(),
+                total: ranges.iter().map(|r| r.2 * bs).sum(),
                 started: Some(Instant::now()),
                 elapsed: Duration::ZERO,
             };
@@ -1098,6 +1092,7 @@ impl Volume {
         if let Some(e) = meta.legs.get_mut(&id) {
             *e = (LegState::Up, gen);
         }
+        meta.todo.remove(&id);
         if meta.legs.values().all(|l| l.0 == LegState::Up) {
             meta.ages.clear();
             map = map.with_fow(false, |_, _| true);
@@ -1109,29 +1104,48 @@ impl Volume {
         Ok(copied)
     }
 
-    async fn copy_regions(&self, id: usize, ranges: &[(u64, u64)]) -> Result<(), EngineError> {
+    /// Copies `(region, start, blocks)` ranges to leg `id`. Every so often
+    /// the copies are flushed and the regions struck off the leg's durable
+    /// list, so a restart resumes after them.
+    async fn copy_regions(&self, id: usize, ranges: &[(u64, u64, u64)]) -> Result<(), EngineError> {
         let bs = self.block_size as u64;
-        for &(s, n) in ranges {
-            // Exclusive: no host write to the region can interleave with the
-            // copy and be overwritten by older data.
-            let _g = self.locks.exclusive(s, n).await;
-            let (m1, src) = self.resolve(s, n, Route::Read(self.next_read_pick()))?;
-            let (m2, dst) = self.resolve(s, n, Route::Leg(id))?;
-            let backends = self.backends();
-            let failures = blocking(move || {
-                let _maps = (m1, m2);
-                let mut buf = vec![0u8; (n * bs) as usize];
-                read_targets(&backends, &src, &mut buf, bs)?;
-                Ok(write_targets(&backends, &dst, &buf, false, bs))
-            })
-            .await?;
-            if let Some((_, e)) = failures.into_iter().next() {
-                return Err(EngineError::Io(e));
+        let mut copied: Vec<u64> = Vec::new();
+        let mut last_save = Instant::now();
+        for (i, &(region, s, n)) in ranges.iter().enumerate() {
+            {
+                // Exclusive: no host write to the region can interleave with
+                // the copy and be overwritten by older data.
+                let _g = self.locks.exclusive(s, n).await;
+                let (m1, src) = self.resolve(s, n, Route::Read(self.next_read_pick()))?;
+                let (m2, dst) = self.resolve(s, n, Route::Leg(id))?;
+                let backends = self.backends();
+                let failures = blocking(move || {
+                    let _maps = (m1, m2);
+                    let mut buf = vec![0u8; (n * bs) as usize];
+                    read_targets(&backends, &src, &mut buf, bs)?;
+                    Ok(write_targets(&backends, &dst, &buf, false, bs))
+                })
+                .await?;
+                if let Some((_, e)) = failures.into_iter().next() {
+                    return Err(EngineError::Io(e));
+                }
             }
             self.resync.lock().done += n * bs;
             self.resync_copied.fetch_add(n * bs, Ordering::Relaxed);
+            copied.push(region);
+            let due =
+                copied.len() >= RESYNC_SAVE_REGIONS || last_save.elapsed() >= RESYNC_SAVE_INTERVAL;
+            if i + 1 < ranges.len() && due {
+                self.save_resync_progress(id, &std::mem::take(&mut copied))
+                    .await?;
+                last_save = Instant::now();
+            }
         }
         // The copies must be durable before the leg is declared in sync.
+        self.flush_backends().await
+    }
+
+    async fn flush_backends(&self) -> Result<(), EngineError> {
         let backends = self.backends();
         blocking(move || {
             for b in backends.iter() {
@@ -1140,6 +1154,24 @@ impl Volume {
             Ok(())
         })
         .await
+    }
+
+    /// Makes the copies of `regions` durable, then strikes them off leg
+    /// `id`'s resync list.
+    async fn save_resync_progress(&self, id: usize, regions: &[u64]) -> Result<(), EngineError> {
+        self.flush_backends().await?;
+        let _cp = self.cp.lock().await;
+        let mut meta = self.meta.lock().clone();
+        // Gone when the leg failed meanwhile.
+        let Some(todo) = meta.todo.get_mut(&id) else {
+            return Ok(());
+        };
+        for r in regions {
+            todo.remove(r);
+        }
+        self.persist(&meta).await?;
+        *self.meta.lock() = meta;
+        Ok(())
     }
 
     /// Bytes resyncs have copied since the volume was opened.
@@ -1212,6 +1244,7 @@ impl Volume {
     /// Makes every completed write durable; on a tagged mirror, also
     /// retires the tags of completed writes (their data is durable now).
     pub async fn flush(&self) -> Result<(), EngineError> {
+        self.flush_journals().await?;
         let backends = self.backends();
         let tags = self.tags.clone();
         let live: Vec<usize> = self
@@ -1251,6 +1284,8 @@ impl Volume {
     pub async fn discard(&self, lba: u64, blocks: u64) -> Result<(), EngineError> {
         self.check_range(lba, blocks)?;
         let _g = self.write_lock(lba, blocks).await;
+        // Journaled too: a replay must not bring back data a discard removed.
+        let _pin = self.journal_discard(lba, blocks).await?;
         self.stamp_if_fow(lba, blocks).await?;
         let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
         let io = self.host_io(&map, lba, blocks);
@@ -1281,6 +1316,56 @@ impl Volume {
         self.nblocks.store(nblocks, Ordering::Release);
         Ok(())
     }
+}
+
+/// Every entry the Up legs of each mirror hold, as (entry, a leg holding
+/// it, the mirror's other legs). An entry on every leg is no proof its data
+/// reached every leg (the entries go first, then the data), so each range
+/// is copied from one leg to the others, whether the tables match or not.
+///
+/// Order: first the entries only some legs hold, in tag order, each from a
+/// leg holding it (so a write that reached one leg ends up whole
+/// everywhere); then the matched ones, in tag order, from the mirror's
+/// first leg. A matched range never undoes an unmatched one: overlapping
+/// mirror writes are serialized, so a later write exists only once an
+/// earlier one is done on every leg, and the first leg holds the unmatched
+/// data by then.
+fn unretired_ranges(
+    groups: &[Vec<usize>],
+    tables: &BTreeMap<usize, Vec<TagEntry>>,
+) -> Vec<(TagEntry, usize, Vec<usize>)> {
+    let mut out = Vec::new();
+    let mut matched = Vec::new();
+    for g in groups {
+        let all: BTreeSet<TagEntry> = g
+            .iter()
+            .filter_map(|l| tables.get(l))
+            .flatten()
+            .copied()
+            .collect();
+        for e in all {
+            let Some(src) = g
+                .iter()
+                .copied()
+                .find(|l| tables.get(l).is_some_and(|es| es.contains(&e)))
+            else {
+                continue;
+            };
+            let others: Vec<usize> = g.iter().copied().filter(|l| *l != src).collect();
+            let everywhere = others
+                .iter()
+                .all(|l| tables.get(l).is_some_and(|es| es.contains(&e)));
+            if everywhere {
+                matched.push((e, src, others));
+            } else {
+                out.push((e, src, others));
+            }
+        }
+    }
+    out.sort_by_key(|x| x.0.tag);
+    matched.sort_by_key(|x| x.0.tag);
+    out.extend(matched);
+    out
 }
 
 /// Waits until nobody but us holds `old` (I/Os admitted or resolved

@@ -1,14 +1,20 @@
 //! The write-journaling primitive: write splitting where one side is a
 //! fixed-size on-media journal. Each entry is a header {lba, len, seq,
 //! checksum} followed by its data. A full journal is a fault: the control
-//! path seals it (for a copy agent, e.g. asynchronous replication) and swaps
-//! in an empty one. Replay after a crash yields the complete entries in
-//! order and stops at the first torn or stale one.
+//! path seals it (for a copy agent, e.g. asynchronous replication, or to be
+//! recycled once its data is durable in place) and swaps in an empty one.
+//! Replay after a crash yields the complete entries in order and stops at
+//! the first torn or stale one.
+//!
+//! Sequence numbers come from a counter the caller owns, so a volume with
+//! several journals can order their entries against each other: within a
+//! journal they only increase.
 //!
 //! Resetting a journal bumps the epoch in its superblock instead of zeroing
 //! it: entries of an older epoch are stale and end the replay.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -20,6 +26,8 @@ const ENTRY_MAGIC: u32 = 0x5654_5745; // "VTWE"
 /// Superblock and header sizes; entries are padded to `ALIGN`.
 const ALIGN: u64 = 512;
 const HEADER: usize = 48;
+/// Entry flag: a discard of `len` bytes, with no data.
+const FLAG_DISCARD: u32 = 1;
 
 fn fnv(parts: &[&[u8]]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -32,12 +40,41 @@ fn fnv(parts: &[&[u8]]) -> u32 {
     h
 }
 
+/// What a replayed entry does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JOp {
+    Write(Vec<u8>),
+    /// Deallocate this many bytes.
+    Discard(u64),
+}
+
 /// A replayed entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JEntry {
     pub seq: u64,
     pub lba: u64,
-    pub data: Vec<u8>,
+    pub op: JOp,
+}
+
+impl JEntry {
+    /// Bytes of the volume the entry covers.
+    pub fn len(&self) -> u64 {
+        match &self.op {
+            JOp::Write(d) => d.len() as u64,
+            JOp::Discard(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        match &self.op {
+            JOp::Write(d) => entry_bytes(d.len()),
+            JOp::Discard(_) => entry_bytes(0),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +88,9 @@ pub enum AppendError {
 #[derive(Debug)]
 struct Cursor {
     epoch: u64,
-    next_seq: u64,
     at: u64,
+    /// Highest sequence number held (0: none).
+    last_seq: u64,
 }
 
 /// One journal device.
@@ -80,8 +118,8 @@ impl WriteJournal {
             store,
             cur: Mutex::new(Cursor {
                 epoch: 0,
-                next_seq: 1,
                 at: ALIGN,
+                last_seq: 0,
             }),
         };
         match j.read_epoch()? {
@@ -89,14 +127,8 @@ impl WriteJournal {
                 let entries = j.scan(e)?;
                 let mut c = j.cur.lock();
                 c.epoch = e;
-                if let Some(last) = entries.last() {
-                    c.next_seq = last.seq + 1;
-                }
-                c.at = ALIGN
-                    + entries
-                        .iter()
-                        .map(|x| entry_bytes(x.data.len()))
-                        .sum::<u64>();
+                c.last_seq = entries.last().map_or(0, |x| x.seq);
+                c.at = ALIGN + entries.iter().map(JEntry::stored_bytes).sum::<u64>();
             }
             None => j.write_epoch(1)?,
         }
@@ -126,8 +158,8 @@ impl WriteJournal {
         let mut cur = self.cur.lock();
         *cur = Cursor {
             epoch,
-            next_seq: 1,
             at: ALIGN,
+            last_seq: 0,
         };
         Ok(())
     }
@@ -141,35 +173,95 @@ impl WriteJournal {
         self.store.len() - ALIGN
     }
 
-    /// Whether an entry of `len` data bytes fits.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.cur.lock().at + entry_bytes(len) <= self.store.len()
+    /// Highest sequence number the journal holds (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.cur.lock().last_seq
     }
 
-    /// Appends an entry; durable on return when `fua`.
-    pub fn append(&self, lba: u64, data: &[u8], fua: bool) -> Result<u64, AppendError> {
-        // Appends are serialized: one writer per journal.
+    /// Largest data one entry carries: a quarter of the journal, in whole
+    /// blocks, so one big write cannot take a whole journal. Longer writes
+    /// become several entries.
+    pub fn max_entry_data(&self, bs: u32) -> usize {
+        let bs = u64::from(bs.max(1));
+        ((self.capacity() / 4) / bs * bs).max(bs) as usize
+    }
+
+    /// Journal bytes a write of `len` bytes takes.
+    fn bytes_for(&self, len: usize, bs: u32) -> u64 {
+        let max = self.max_entry_data(bs);
+        let full = (len / max) as u64;
+        let rest = len % max;
+        full * entry_bytes(max) + if rest > 0 { entry_bytes(rest) } else { 0 }
+    }
+
+    /// Whether a write of `len` bytes fits now.
+    pub fn has_room(&self, len: usize, bs: u32) -> bool {
+        self.cur.lock().at + self.bytes_for(len, bs) <= self.store.len()
+    }
+
+    /// Whether a write of `len` bytes fits in this journal when it is empty.
+    pub fn could_hold(&self, len: usize, bs: u32) -> bool {
+        ALIGN + self.bytes_for(len, bs) <= self.store.len()
+    }
+
+    /// Appends a write of blocks of `bs` bytes at `lba`, as one or more
+    /// entries (see [`WriteJournal::max_entry_data`]) written together;
+    /// durable on return when `fua`. Sequence numbers are taken from `seq`.
+    /// Returns the last one.
+    pub fn append(
+        &self,
+        lba: u64,
+        data: &[u8],
+        bs: u32,
+        fua: bool,
+        seq: &AtomicU64,
+    ) -> Result<u64, AppendError> {
+        let max = self.max_entry_data(bs);
+        // Appends are serialized: one writer per journal, so sequence
+        // numbers increase along the journal.
         let mut c = self.cur.lock();
-        let n = entry_bytes(data.len());
+        let n = self.bytes_for(data.len(), bs);
         if c.at + n > self.store.len() {
             return Err(AppendError::Full);
         }
-        let seq = c.next_seq;
         let mut buf = vec![0u8; n as usize];
-        buf[0..4].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
-        buf[8..16].copy_from_slice(&c.epoch.to_le_bytes());
-        buf[16..24].copy_from_slice(&seq.to_le_bytes());
-        buf[24..32].copy_from_slice(&lba.to_le_bytes());
-        buf[32..40].copy_from_slice(&(data.len() as u64).to_le_bytes());
-        let dsum = fnv(&[data]);
-        buf[40..44].copy_from_slice(&dsum.to_le_bytes());
-        let hsum = fnv(&[&buf[..44]]);
-        buf[44..48].copy_from_slice(&hsum.to_le_bytes());
-        buf[HEADER..HEADER + data.len()].copy_from_slice(data);
+        let mut at = 0usize;
+        let mut last = 0;
+        let mut chunk_lba = lba;
+        for chunk in data.chunks(max.max(1)) {
+            last = seq.fetch_add(1, Ordering::SeqCst);
+            let e = &mut buf[at..at + entry_bytes(chunk.len()) as usize];
+            encode_header(e, 0, c.epoch, last, chunk_lba, chunk.len() as u64, chunk);
+            e[HEADER..HEADER + chunk.len()].copy_from_slice(chunk);
+            at += e.len();
+            chunk_lba += (chunk.len() / bs.max(1) as usize) as u64;
+        }
         self.store.write_at(c.at, &buf, fua)?;
         c.at += n;
-        c.next_seq += 1;
-        Ok(seq)
+        c.last_seq = last;
+        Ok(last)
+    }
+
+    /// Appends a discard of `bytes` bytes at `lba` (one header, no data).
+    pub fn append_discard(
+        &self,
+        lba: u64,
+        bytes: u64,
+        fua: bool,
+        seq: &AtomicU64,
+    ) -> Result<u64, AppendError> {
+        let mut c = self.cur.lock();
+        let n = entry_bytes(0);
+        if c.at + n > self.store.len() {
+            return Err(AppendError::Full);
+        }
+        let s = seq.fetch_add(1, Ordering::SeqCst);
+        let mut buf = vec![0u8; n as usize];
+        encode_header(&mut buf, FLAG_DISCARD, c.epoch, s, lba, bytes, &[]);
+        self.store.write_at(c.at, &buf, fua)?;
+        c.at += n;
+        c.last_seq = s;
+        Ok(s)
     }
 
     /// The complete entries of the current epoch, in order.
@@ -191,26 +283,39 @@ impl WriteJournal {
                 u64::from_le_bytes(b)
             };
             let u32at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-            let (seq, lba, len) = (u64at(16), u64at(24), u64at(32));
-            let expect = out.last().map(|l| l.seq + 1);
+            let (flags, seq, lba, len) = (u32at(4), u64at(16), u64at(24), u64at(32));
+            let discard = flags == FLAG_DISCARD;
+            let stored = if discard { 0 } else { len };
             if u32at(0) != ENTRY_MAGIC
                 || u64at(8) != epoch
                 || u32at(44) != fnv(&[&h[..44]])
-                || expect.is_some_and(|s| s != seq)
-                || at + entry_bytes(len as usize) > end
+                || (flags != 0 && !discard)
+                || out.last().is_some_and(|l| seq <= l.seq)
+                || stored > end
+                || at + entry_bytes(stored as usize) > end
             {
                 break;
             }
-            let mut data = vec![0u8; len as usize];
-            self.store.read_at(at + HEADER as u64, &mut data)?;
-            // Torn data: the tail ends here.
-            if fnv(&[&data]) != u32at(40) {
-                break;
-            }
-            at += entry_bytes(len as usize);
-            out.push(JEntry { seq, lba, data });
+            let op = if discard {
+                JOp::Discard(len)
+            } else {
+                let mut data = vec![0u8; len as usize];
+                self.store.read_at(at + HEADER as u64, &mut data)?;
+                // Torn data: the tail ends here.
+                if fnv(&[&data]) != u32at(40) {
+                    break;
+                }
+                JOp::Write(data)
+            };
+            at += entry_bytes(stored as usize);
+            out.push(JEntry { seq, lba, op });
         }
         Ok(out)
+    }
+
+    /// Makes every appended entry durable.
+    pub fn flush(&self) -> io::Result<()> {
+        self.store.flush()
     }
 
     /// Empties the journal (new epoch).
@@ -220,36 +325,57 @@ impl WriteJournal {
     }
 }
 
+/// Fills an entry header; `data` is what the data checksum covers.
+fn encode_header(e: &mut [u8], flags: u32, epoch: u64, seq: u64, lba: u64, len: u64, data: &[u8]) {
+    e[0..4].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
+    e[4..8].copy_from_slice(&flags.to_le_bytes());
+    e[8..16].copy_from_slice(&epoch.to_le_bytes());
+    e[16..24].copy_from_slice(&seq.to_le_bytes());
+    e[24..32].copy_from_slice(&lba.to_le_bytes());
+    e[32..40].copy_from_slice(&len.to_le_bytes());
+    e[40..44].copy_from_slice(&fnv(&[data]).to_le_bytes());
+    let hsum = fnv(&[&e[..44]]);
+    e[44..48].copy_from_slice(&hsum.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::MemBackend;
 
+    fn write_of(e: &JEntry) -> &[u8] {
+        match &e.op {
+            JOp::Write(d) => d,
+            JOp::Discard(_) => panic!("not a write: {e:?}"),
+        }
+    }
+
     #[test]
     fn append_full_replay_torn_tail_and_reset() {
         let store: Arc<dyn Backend> = Arc::new(MemBackend::new(8 * 512).unwrap());
+        let seq = AtomicU64::new(1);
         let j = WriteJournal::open(store.clone()).unwrap();
         // Each 512-byte write takes 1024 bytes (header + padding): 3 fit.
         for i in 0..3u8 {
-            j.append(i as u64 * 10, &[i; 512], true).unwrap();
+            j.append(i as u64 * 10, &[i; 512], 512, true, &seq).unwrap();
         }
         assert!(matches!(
-            j.append(99, &[9; 512], true),
+            j.append(99, &[9; 512], 512, true, &seq),
             Err(AppendError::Full)
         ));
         let r = j.replay().unwrap();
         assert_eq!(r.iter().map(|e| e.lba).collect::<Vec<_>>(), vec![0, 10, 20]);
+        assert_eq!(write_of(&r[2]), &[2u8; 512][..]);
         // Tear the last entry's data: replay stops before it.
         store
             .write_at(512 + 2 * 1024 + 100, &[0xFF; 4], false)
             .unwrap();
         let j = WriteJournal::open(store.clone()).unwrap();
         assert_eq!(j.replay().unwrap().len(), 2);
-        assert_eq!(
-            j.append(5, &[5; 512], true).unwrap(),
-            3,
-            "appends after the tail"
-        );
+        assert_eq!(j.last_seq(), 2);
+        let s = j.append(5, &[5; 512], 512, true, &seq).unwrap();
+        assert!(s > 2, "sequence numbers keep increasing");
+        assert_eq!(j.replay().unwrap().len(), 3, "appends after the tail");
         j.reset().unwrap();
         assert!(j.replay().unwrap().is_empty());
         let j = WriteJournal::open(store).unwrap();
@@ -258,5 +384,40 @@ mod tests {
             "stale epoch is not replayed"
         );
         assert_eq!(j.used(), 0);
+    }
+
+    #[test]
+    fn long_writes_split_and_discards_replay() {
+        // 32 KiB of room: entries carry at most 8 KiB of data.
+        let store: Arc<dyn Backend> = Arc::new(MemBackend::new(512 + 32 * 1024).unwrap());
+        let seq = AtomicU64::new(100);
+        let j = WriteJournal::open(store.clone()).unwrap();
+        assert_eq!(j.max_entry_data(512), 8192);
+        let data: Vec<u8> = (0..20 * 1024).map(|i| (i % 251) as u8).collect();
+        assert!(j.has_room(data.len(), 512));
+        let last = j.append(7, &data, 512, false, &seq).unwrap();
+        assert_eq!(last, 102, "three entries");
+        j.append_discard(1000, 1 << 30, false, &seq).unwrap();
+        let r = WriteJournal::open(store).unwrap().replay().unwrap();
+        assert_eq!(
+            r.iter()
+                .map(|e| (e.seq, e.lba, e.len()))
+                .collect::<Vec<_>>(),
+            vec![
+                (100, 7, 8192),
+                (101, 7 + 16, 8192),
+                (102, 7 + 32, 4096),
+                (103, 1000, 1 << 30)
+            ]
+        );
+        let joined: Vec<u8> = r[..3].iter().flat_map(|e| write_of(e).to_vec()).collect();
+        assert_eq!(joined, data);
+        assert_eq!(r[3].op, JOp::Discard(1 << 30));
+        // More than an empty journal can hold.
+        assert!(!j.could_hold(40 * 1024, 512));
+        assert!(matches!(
+            j.append(0, &vec![0u8; 40 * 1024], 512, false, &seq),
+            Err(AppendError::Full)
+        ));
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use vtgt_engine::wjournal::WriteJournal;
+use vtgt_engine::wjournal::{JOp, WriteJournal};
 use vtgt_engine::{Backend, Exposure, FaultReason, IoKind, MemBackend, Volume};
 
 fn mem(bytes: u64) -> Arc<dyn Backend> {
@@ -30,14 +30,15 @@ async fn journal_full_swaps_and_sealed_journal_replays_in_order() {
             .await
             .unwrap();
     }
-    assert_eq!(
-        e.admit(1, IoKind::Write, 5, 1).err(),
-        Some(FaultReason::JournalFull)
-    );
-    // The control path swaps in the spare and completes the write.
-    v.write(5, Bytes::from(vec![9u8; 512]), false)
+    assert_eq!(v.counters.count(FaultReason::JournalFull), 0);
+    // The journal is full: the write faults to the control path, which
+    // swaps in the spare and completes it. One fault for one write.
+    e.admit(1, IoKind::Write, 5, 1)
+        .unwrap()
+        .write(Bytes::from(vec![9u8; 512]), false)
         .await
         .unwrap();
+    assert_eq!(v.counters.count(FaultReason::JournalFull), 1);
     let sealed = v.take_sealed_journals();
     assert_eq!(sealed.len(), 1);
     assert!(Arc::ptr_eq(&sealed[0], &js[0]));
@@ -50,7 +51,7 @@ async fn journal_full_swaps_and_sealed_journal_replays_in_order() {
     let replica = Volume::simple("r", mem(64 * 512), 512);
     assert_eq!(replica.replay_journal(sealed[0].clone()).await.unwrap(), 4);
     assert!(replica.read(3, 1).await.unwrap().iter().all(|&b| b == 4));
-    v.recycle_journal(sealed[0].clone()).unwrap();
+    v.recycle_journal(sealed[0].clone()).await.unwrap();
     assert!(js[0].replay().unwrap().is_empty());
     // With both journals full and nothing recycled... one is spare again.
     for i in 0..7u64 {
@@ -90,4 +91,139 @@ async fn crash_replay_applies_complete_entries_and_ignores_torn_tail() {
         let b = &got[(blk * 512) as usize..(blk * 512 + 512) as usize];
         assert!(b.iter().all(|&x| x == want), "block {blk}");
     }
+}
+
+fn block(v: u8) -> Bytes {
+    Bytes::from(vec![v; 512])
+}
+
+#[tokio::test]
+async fn open_replays_every_journal_in_sequence_order_then_empties_them() {
+    let stores = [mem(512 + 4096), mem(512 + 4096)];
+    let js: Vec<Arc<WriteJournal>> = stores
+        .iter()
+        .map(|s| Arc::new(WriteJournal::open(s.clone()).unwrap()))
+        .collect();
+    let v = Volume::simple("j", mem(64 * 512), 512);
+    v.attach_write_journals(js.clone());
+    // Versions 1..=6 of LBA 3: four fill the first journal, which is then
+    // sealed (no copy agent takes it), the rest go to the second.
+    for i in 1..=6u8 {
+        v.write(3, block(i), false).await.unwrap();
+    }
+    v.write(9, Bytes::from(vec![7u8; 1024]), false)
+        .await
+        .unwrap();
+    // A discard after the write: replay must not bring the data back.
+    v.discard(9, 1).await.unwrap();
+    assert_eq!(v.take_sealed_journals().len(), 1);
+    assert!(matches!(
+        js[1].replay().unwrap().last().map(|e| &e.op),
+        Some(JOp::Discard(512))
+    ));
+
+    // "Crash": the in-place writes are lost; reopen with the journals in
+    // the other order, so only sequence numbers can order them.
+    let fresh = Volume::simple("f", mem(64 * 512), 512);
+    let reopened: Vec<Arc<WriteJournal>> = stores
+        .iter()
+        .rev()
+        .map(|s| Arc::new(WriteJournal::open(s.clone()).unwrap()))
+        .collect();
+    assert_eq!(
+        fresh.open_write_journals(reopened.clone()).await.unwrap(),
+        8
+    );
+    assert!(
+        fresh.read(3, 1).await.unwrap().iter().all(|&b| b == 6),
+        "last version wins"
+    );
+    assert!(
+        fresh.read(9, 1).await.unwrap().iter().all(|&b| b == 0),
+        "discard replayed"
+    );
+    assert!(fresh.read(10, 1).await.unwrap().iter().all(|&b| b == 7));
+    let st = fresh.journal_status();
+    assert_eq!((st.journals, st.replayed_at_open, st.used_bytes), (2, 8, 0));
+    assert!(st.auto_recycle);
+    for j in &reopened {
+        assert!(j.replay().unwrap().is_empty(), "replayed entries are gone");
+    }
+}
+
+#[tokio::test]
+async fn sustained_concurrent_writes_recycle_and_never_run_out() {
+    // Two journals of eight 512-byte entries each.
+    let js: Vec<Arc<WriteJournal>> = (0..2)
+        .map(|_| Arc::new(WriteJournal::open(mem(512 + 8 * 1024)).unwrap()))
+        .collect();
+    let v = Volume::simple("s", mem(256 * 512), 512);
+    assert_eq!(v.open_write_journals(js).await.unwrap(), 0);
+    let e = Exposure::new(v.clone());
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40u64 {
+                let lba = t * 32 + i % 32;
+                let d = Bytes::from(vec![(t * 40 + i) as u8; 512]);
+                match e.admit(1, IoKind::Write, lba, 1) {
+                    Ok(a) => a.write(d, i % 5 == 0).await.unwrap(),
+                    Err(_) => e.volume().write(lba, d, false).await.unwrap(),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(std::time::Duration::from_secs(30), t)
+            .await
+            .expect("writers stalled")
+            .unwrap();
+    }
+    // Each task's last pass wrote i = 8..40 over its 32 blocks.
+    for t in 0..8u64 {
+        for i in 8..40u64 {
+            let lba = t * 32 + i % 32;
+            let got = v.read(lba, 1).await.unwrap();
+            assert!(got.iter().all(|&b| b == (t * 40 + i) as u8), "lba {lba}");
+        }
+    }
+    // Waits for a background recycling that may be running.
+    v.recycle_sealed().await.unwrap();
+    let st = v.journal_status();
+    // 320 writes through 16 entries of journal: many swaps and recycles.
+    assert!(st.recycled >= 10, "{st:?}");
+    assert!(v.counters.count(FaultReason::JournalFull) >= 10);
+    assert_eq!((st.sealed, st.spares), (0, 1), "{st:?}");
+}
+
+#[tokio::test]
+async fn one_journal_is_refused_and_writes_longer_than_a_journal_go_in_pieces() {
+    let v = Volume::simple("o", mem(256 * 512), 512);
+    let one = vec![Arc::new(WriteJournal::open(mem(512 + 4096)).unwrap())];
+    assert!(v.open_write_journals(one).await.is_err());
+    let stores = [mem(512 + 4096), mem(512 + 4096)];
+    let js: Vec<Arc<WriteJournal>> = stores
+        .iter()
+        .map(|s| Arc::new(WriteJournal::open(s.clone()).unwrap()))
+        .collect();
+    v.open_write_journals(js).await.unwrap();
+    // 64 KiB through 4 KiB journals: 2 KiB pieces, each journaled and
+    // written in place before the next, with swaps and recycling between.
+    let data: Vec<u8> = (0..65536u32).map(|i| (i / 512) as u8 ^ 0x5A).collect();
+    let e = Exposure::new(v.clone());
+    e.admit(1, IoKind::Write, 8, 128)
+        .unwrap()
+        .write(Bytes::from(data.clone()), true)
+        .await
+        .unwrap();
+    assert_eq!(&v.read(8, 128).await.unwrap()[..], &data[..]);
+    assert!(v.counters.count(FaultReason::JournalFull) >= 10);
+    // The active journal holds the last piece: a crash now replays it.
+    let held: u64 = stores
+        .iter()
+        .flat_map(|s| WriteJournal::open(s.clone()).unwrap().replay().unwrap())
+        .map(|e| e.len())
+        .sum();
+    assert!((2048..=4096).contains(&held), "{held}");
 }

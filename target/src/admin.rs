@@ -311,6 +311,7 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                 size: Some(size),
                 block_size: 512,
                 layout: None,
+                journal: None,
             });
         }
         Request::RemoveVolume { name } => {
@@ -484,6 +485,24 @@ pub fn mirror_json(v: &vtgt_engine::Volume) -> Value {
     })
 }
 
+/// Write-journal state; null for a volume that is not journaled.
+pub fn journal_json(v: &vtgt_engine::Volume) -> Value {
+    let j = v.journal_status();
+    if j.journals == 0 {
+        return Value::Null;
+    }
+    json!({
+        "journals": j.journals,
+        "fill_ratio": j.fill_ratio,
+        "used_bytes": j.used_bytes,
+        "capacity_bytes": j.capacity_bytes,
+        "spares": j.spares,
+        "sealed": j.sealed,
+        "recycled": j.recycled,
+        "replayed_at_open": j.replayed_at_open,
+    })
+}
+
 async fn status(server: &Server) -> Result<Value> {
     let mut vols = Vec::new();
     for (name, e) in server.volumes().await {
@@ -495,6 +514,7 @@ async fn status(server: &Server) -> Result<Value> {
             "bytes": v.num_blocks() * v.block_size() as u64,
             "backends": v.backends().iter().map(|b| b.describe()).collect::<Vec<_>>(),
             "fast_path_ios": v.counters.fast_path_hits(),
+            "journal": journal_json(v),
             "faults": vtgt_engine::FaultReason::ALL.iter()
                 .map(|r| (r.as_str().to_string(), json!(v.counters.count(*r))))
                 .collect::<serde_json::Map<_, _>>(),

@@ -94,6 +94,74 @@ pub struct VolumeConfig {
     /// replaces `path`. Absent: the volume is the one backend at `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutConfig>,
+    /// Write journaling: every write is also appended to a journal first,
+    /// and replayed from it after a crash. Absent: not journaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalConfig>,
+}
+
+/// `[volume.journal]`: `count` journals of `size` bytes each, files
+/// `FILE.0` .. `FILE.<count-1>` (relative to `data_dir`). One takes the
+/// writes; when it fills, an empty one is swapped in and the full one is
+/// emptied once the data it covers is durable in place.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// File name stem; default `<volume>.journal`. A label for memory
+    /// volumes, whose journals are in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Size of each journal, such as "64MiB" (at least 256 KiB).
+    pub size: String,
+    /// How many journals: one active and the rest spares (2 to 64).
+    #[serde(default = "default_journal_count")]
+    pub count: u32,
+}
+
+/// Smallest journal: a write longer than a quarter of it takes several
+/// entries, so this bounds the entry count of the longest host write.
+pub const MIN_JOURNAL_BYTES: u64 = 256 << 10;
+
+impl JournalConfig {
+    pub fn check(&self, block_size: u32) -> Result<u64, String> {
+        let bytes = parse_size(&self.size)?;
+        if bytes < MIN_JOURNAL_BYTES || bytes % block_size as u64 != 0 {
+            return Err(format!(
+                "size {:?}: at least 256KiB and a multiple of the block size",
+                self.size
+            ));
+        }
+        if !(2..=64).contains(&self.count) {
+            return Err(format!(
+                "count {}: between 2 and 64 (one active journal and spares)",
+                self.count
+            ));
+        }
+        if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err("file: empty name".into());
+        }
+        Ok(bytes)
+    }
+
+    /// The journal files of volume `volume`, under `data_dir`.
+    pub fn paths(&self, data_dir: &Path, volume: &str) -> Vec<PathBuf> {
+        let stem = self
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{volume}.journal")));
+        let stem = if stem.is_absolute() {
+            stem
+        } else {
+            data_dir.join(stem)
+        };
+        (0..self.count)
+            .map(|i| {
+                let mut p = stem.clone().into_os_string();
+                p.push(format!(".{i}"));
+                PathBuf::from(p)
+            })
+            .collect()
+    }
 }
 
 /// One node of a volume layout: exactly one of `file`, `stripe`, `mirror`,
@@ -277,6 +345,9 @@ fn default_tpgt() -> u16 {
 fn default_block_size() -> u32 {
     512
 }
+fn default_journal_count() -> u32 {
+    2
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -310,6 +381,7 @@ impl Config {
                 size: Some("1GiB".into()),
                 block_size: 512,
                 layout: None,
+                journal: None,
             }],
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.into(),
@@ -373,6 +445,10 @@ impl Config {
                     "volume {:?}: block_size must be 512 or 4096",
                     v.name
                 ));
+            }
+            if let Some(j) = &v.journal {
+                j.check(v.block_size)
+                    .map_err(|e| format!("volume {:?}: journal: {e}", v.name))?;
             }
             if let Some(l) = &v.layout {
                 l.check(v.block_size, true)
@@ -646,6 +722,53 @@ mod port_group_tests {
         assert!(Config::parse(BASE, "pg").unwrap().targets[0]
             .port_groups
             .is_empty());
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn parse(journal: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!(
+                "data_dir = \"/d\"\n[[volume]]\nname = \"v\"\nbackend = \"file\"\n\
+                 path = \"v.img\"\nsize = \"16MiB\"\n[volume.journal]\n{journal}\n"
+            ),
+            "j.toml",
+        )
+    }
+
+    #[test]
+    fn journal_table_parses_with_defaults_and_names_files() {
+        let c = parse("size = \"4MiB\"").unwrap();
+        let j = c.volumes[0].journal.as_ref().unwrap();
+        assert_eq!((j.count, j.check(512).unwrap()), (2, 4 << 20));
+        assert_eq!(
+            j.paths(&c.data_dir, "v"),
+            vec![
+                PathBuf::from("/d/v.journal.0"),
+                PathBuf::from("/d/v.journal.1")
+            ]
+        );
+        let c = parse("size = \"1MiB\"\ncount = 3\nfile = \"wal/x\"").unwrap();
+        let j = c.volumes[0].journal.as_ref().unwrap();
+        assert_eq!(j.paths(&c.data_dir, "v")[2], PathBuf::from("/d/wal/x.2"));
+    }
+
+    #[test]
+    fn bad_journals_are_refused_with_a_reason() {
+        for (cfg, want) in [
+            ("size = \"64KiB\"", "at least 256KiB"),
+            ("size = \"4MiB\"\ncount = 1", "between 2 and 64"),
+            ("size = \"4 parsecs\"", "unknown size unit"),
+            ("size = \"4MiB\"\nfile = \"\"", "empty name"),
+        ] {
+            let e = parse(cfg).unwrap_err().to_string();
+            assert!(e.contains("journal") && e.contains(want), "{cfg}: {e}");
+        }
+        let e = parse("count = 2").unwrap_err().to_string();
+        assert!(e.contains("j.toml:") && e.contains("size"), "{e}");
     }
 }
 

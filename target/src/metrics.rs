@@ -134,7 +134,11 @@ fn describe() {
     );
     describe_gauge!(
         "vtgt_journal_fill_ratio",
-        "Fraction of the volume's journal in use."
+        "Fraction of the volume's active write journal in use."
+    );
+    describe_counter!(
+        "vtgt_journal_recycled_total",
+        "Full write journals emptied once their data was durable in place."
     );
 }
 
@@ -304,7 +308,11 @@ async fn export(server: &Server) {
         };
         gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(mt);
         gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(md);
-        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(v.journal_fill_ratio());
+        let js = v.journal_status();
+        gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(js.fill_ratio);
+        if js.journals > 0 {
+            counter!("vtgt_journal_recycled_total", "volume" => name.clone()).absolute(js.recycled);
+        }
     }
     let sessions = server.iscsi.sessions.all();
     for t in server.iscsi.targets.load().iter() {

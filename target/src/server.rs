@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use vtgt_engine::wjournal::WriteJournal;
 use vtgt_engine::{
     Backend, Exposure, FileBackend, LuControl, MemBackend, MigrationLog, Notice, Volume,
 };
@@ -268,6 +269,9 @@ impl Server {
                             v.name
                         ));
                     }
+                    if old.journal != v.journal {
+                        sum.needs_restart.push(format!("volume {} journal", v.name));
+                    }
                     let bytes = v
                         .size
                         .as_deref()
@@ -522,6 +526,18 @@ async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Vo
         None => open_plain(cfg, v)?,
         Some(l) => open_layout(cfg, v, l)?,
     };
+    // Before anything can write: replay what a crash left in the journals
+    // (after tag reconciliation, so every mirror leg gets the replay).
+    if let Some(j) = &v.journal {
+        let journals = open_write_journals(cfg, v, j)?;
+        let n = volume
+            .open_write_journals(journals)
+            .await
+            .with_context(|| format!("volume {:?}: write journal replay", v.name))?;
+        if n > 0 {
+            info!(volume = %v.name, entries = n, "write journal replayed");
+        }
+    }
     // Atomic writes are journaled next to the data; memory volumes do not
     // survive a crash anyway.
     if v.backend != BackendKind::Memory {
@@ -532,6 +548,22 @@ async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Vo
             .attach_journal(&jp)
             .await
             .with_context(|| format!("volume {:?}: journal {}", v.name, jp.display()))?;
+    }
+    // A resync a restart interrupted goes on in the background; the leg
+    // takes writes meanwhile and serves reads once it is done.
+    if volume
+        .mirror_status()
+        .legs
+        .iter()
+        .any(|l| l.1 == vtgt_engine::LegState::Resync)
+    {
+        let bg = volume.clone();
+        tokio::spawn(async move {
+            match bg.resume_resyncs().await {
+                Ok(bytes) => info!(volume = %bg.name(), bytes, "interrupted resync finished"),
+                Err(e) => tracing::warn!(volume = %bg.name(), "resuming the resync failed: {e}"),
+            }
+        });
     }
     let exposure = Exposure::new(volume.clone());
     let control = match v.backend {
@@ -545,6 +577,29 @@ async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Vo
         }
     };
     Ok(VolumeEntry { volume, control })
+}
+
+/// Opens (creating if missing) a volume's write journals: files beside the
+/// data, or memory for memory volumes.
+fn open_write_journals(
+    cfg: &Config,
+    v: &crate::config::VolumeConfig,
+    j: &crate::config::JournalConfig,
+) -> Result<Vec<Arc<WriteJournal>>> {
+    let size = j
+        .check(v.block_size)
+        .map_err(|e| anyhow!("volume {:?}: journal: {e}", v.name))?;
+    j.paths(&cfg.data_dir, &v.name)
+        .into_iter()
+        .map(|p| {
+            let store: Arc<dyn Backend> = match v.backend {
+                BackendKind::Memory => Arc::new(MemBackend::new(size)?),
+                _ => Arc::new(FileBackend::open_or_create(&p, size)?),
+            };
+            Ok(Arc::new(WriteJournal::open(store)?))
+        })
+        .map(|r: std::io::Result<_>| r.with_context(|| format!("volume {:?}: journal", v.name)))
+        .collect()
 }
 
 /// Opens every leaf of a layout as a backend (depth-first, so indices match
@@ -594,6 +649,7 @@ fn open_layout(
             path: l.file.clone(),
             size: size.clone(),
             layout: None,
+            journal: None,
             ..v.clone()
         };
         backends.push(open_backend(cfg, &leaf)?);

@@ -44,6 +44,7 @@ async fn raid10_over_iscsi_with_leg_failure_and_resync() {
             ]),
             ..Default::default()
         }),
+        journal: None,
     }];
     let (srv, addr) = start(cfg).await;
     let srv = Arc::new(srv);

@@ -65,6 +65,7 @@ fn config(dir: Option<&Path>) -> Config {
             size: Some("4MiB".into()),
             block_size: BS,
             layout: None,
+            journal: None,
         }],
         targets: vec![TargetConfig {
             name: TARGET.into(),

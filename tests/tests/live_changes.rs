@@ -96,6 +96,7 @@ async fn lun_add_and_resize_raise_unit_attentions() {
         size: Some("8MiB".into()),
         block_size: 512,
         layout: None,
+        journal: None,
     });
     next.targets[0].luns.push(LunConfig {
         id: 1,

@@ -46,6 +46,7 @@ fn volume(name: &str) -> VolumeConfig {
         size: Some(VOLUME_BYTES.to_string()),
         block_size: BS,
         layout: None,
+        journal: None,
     }
 }
 

@@ -46,6 +46,7 @@ fn volume(name: &str, bytes: u64) -> VolumeConfig {
         size: Some(bytes.to_string()),
         block_size: BS,
         layout: None,
+        journal: None,
     }
 }
 

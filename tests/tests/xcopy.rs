@@ -57,6 +57,7 @@ async fn extended_copy_between_luns() {
             size: Some("8MiB".into()),
             block_size: 512,
             layout: None,
+            journal: None,
         })
         .collect();
     cfg.targets[0].name = TARGET.into();

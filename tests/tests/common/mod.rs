@@ -50,6 +50,7 @@ pub fn volume(name: &str, size: u64) -> VolumeConfig {
         size: Some(size.to_string()),
         block_size: BLOCK as u32,
         layout: None,
+        journal: None,
     }
 }
 
@@ -103,6 +104,7 @@ pub fn file_config(path: PathBuf, size: u64) -> Config {
         size: Some(size.to_string()),
         block_size: BLOCK as u32,
         layout: None,
+        journal: None,
     }];
     c
 }
