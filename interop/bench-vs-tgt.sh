@@ -28,7 +28,8 @@ TGT_PID=""
 QUIET_PID=""
 cleanup() {
     stop_vtgt
-    [ -n "$TGT_PID" ] && kill "$TGT_PID" 2>/dev/null || true
+    # tgtd ignores SIGTERM while it has targets; it would keep a core busy.
+    [ -n "$TGT_PID" ] && kill -9 "$TGT_PID" 2>/dev/null || true
     [ -n "$QUIET_PID" ] && kill "$QUIET_PID" 2>/dev/null || true
     rm -rf "$work"
 }
