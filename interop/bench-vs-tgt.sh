@@ -202,6 +202,21 @@ point "4K rand write QD32" IOPS \
     "bench $qportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
 kill "$QUIET_PID" 2>/dev/null || true
 QUIET_PID=""
+# A bound that noise cannot blur: what recording costs per command against
+# the CPU time vtgt spends per command.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$VTGT_PID/stat"; }
+t0=$(cpu_ticks)
+iops=$(perf_iops "$vurl" 32)
+t1=$(cpu_ticks)
+cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$iops" -v s="$secs" \
+    'BEGIN { printf "%.1f", (n > 0) ? d / hz * 1e6 / (n * s) : 0 }')
+rec=$(cd "$root" && cargo bench -q -p vtgt --bench metrics_cost 2>/dev/null | tail -1)
+rec_ns=$(echo "$rec" | sed -n 's/.*: \([0-9.]*\) ns of recording.*/\1/p')
+{
+    echo
+    echo "vtgt CPU per 4 KiB read at QD 32: $cpu_us us ($iops IOPS). $rec"
+    awk -v r="${rec_ns:-0}" -v c="$cpu_us" 'BEGIN { if (c > 0) printf "Recording metrics: %.2f %% of vtgt CPU per command.\n", r / 1000 / c * 100 }'
+} | tee -a "$report"
 
 echo "== loopback ceiling (iperf3, one stream)"
 ip_port=$(free_port)
