@@ -17,8 +17,9 @@
 //! vtgt (the failure the tags are for) at the cost of one small write per
 //! leg, with no device flush on the host's path. A power loss can drop
 //! entries whose data did reach the media; a [`TagSession`] notices that
-//! the machine restarted while the volume was open, and the legs are then
-//! copied whole (as md does without a write-intent bitmap).
+//! the machine restarted while the volume was open, and the other legs of
+//! each mirror then resync whole from the first, in the background (as md
+//! does without a write-intent bitmap).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

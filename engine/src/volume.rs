@@ -86,7 +86,8 @@ pub struct ReconcileReport {
     /// Bytes copied from a leg holding an entry to the others.
     pub copied_bytes: u64,
     /// The machine restarted while the volume was open, so the tables
-    /// could not be trusted and the legs were copied whole.
+    /// could not be trusted: every leg but the first of each mirror was
+    /// put in resync over all regions (copied in the background).
     pub full_copy: bool,
 }
 
@@ -237,8 +238,9 @@ impl Volume {
 
     /// [`Volume::with_layout_tagged`] as if the kernel's boot id were
     /// `boot`: with a `meta_path`, a volume left open by an earlier boot
-    /// (a machine crash) has its legs copied whole, since the tables only
-    /// lived in the page cache.
+    /// (a machine crash) has its other legs resynchronised whole from the
+    /// first of each mirror ([`Volume::resume_resyncs`]), since the tables
+    /// only lived in the page cache.
     pub fn with_layout_tagged_on(
         name: &str,
         backends: Vec<Arc<dyn Backend>>,
@@ -351,29 +353,43 @@ impl Volume {
             .collect();
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
-        let todo = if trusted {
-            unretired_ranges(&groups, &entries)
-        } else {
-            // Whole-volume copies in 1 MiB pieces; a piece resolves to the
-            // parts of it that live on each mirror.
-            let step = (1 << 20) / bs;
-            let mut all = Vec::new();
+        if !trusted {
+            // Every leg but the first of each mirror goes to resync over
+            // all regions: it takes writes at once, serves no reads until
+            // copied, and the copy runs in the background
+            // (`resume_resyncs`) instead of holding up the open.
+            let all: BTreeSet<u64> = (0..nb.div_ceil(self.region_blocks.max(1))).collect();
+            let mut meta = self.meta.lock().clone();
+            let mut next = (*map).clone();
             for g in &groups {
-                for lba in (0..nb).step_by(step.max(1) as usize) {
-                    let e = TagEntry {
-                        tag: 0,
-                        lba,
-                        blocks: step.min(nb - lba),
-                    };
-                    all.push((e, g[0], g[1..].to_vec()));
+                for l in &g[1..] {
+                    let gen = meta.legs.get(l).map_or(0, |e| e.1);
+                    meta.legs.insert(*l, (LegState::Resync, gen));
+                    meta.todo.insert(*l, all.clone());
+                    next = next.with_leg_state(*l, LegState::Resync);
                 }
             }
-            all
-        };
-        let mut report = ReconcileReport {
-            full_copy: !trusted,
-            ..Default::default()
-        };
+            if let Some(p) = &self.meta_path {
+                meta.save(p)?;
+            }
+            *self.meta.lock() = meta;
+            drop(map);
+            self.map.store(Arc::new(next));
+            tracing::warn!(volume = %self.name,
+                "the machine restarted with the mirror open: its other legs resync whole from the first");
+            for id in &up {
+                if let Some(t) = tables.get(id) {
+                    t.wipe()?;
+                }
+            }
+            *self.reconcile.lock() = ReconcileReport {
+                full_copy: true,
+                ..Default::default()
+            };
+            return Ok(max_tag + 1);
+        }
+        let todo = unretired_ranges(&groups, &entries);
+        let mut report = ReconcileReport::default();
         for (e, src, lacking) in &todo {
             if e.lba >= nb {
                 continue;
@@ -392,13 +408,8 @@ impl Volume {
                 }
                 report.copied_bytes += to.iter().map(|t| t.blocks * bs).sum::<u64>();
             }
-            if !trusted {
-                report.unmatched += 1;
-            }
         }
-        if trusted {
-            report.unmatched = crate::tags::unmatched(&groups, &entries).len() as u64;
-        }
+        report.unmatched = crate::tags::unmatched(&groups, &entries).len() as u64;
         // Distinct entries per mirror, less the unmatched ones.
         report.matched = groups
             .iter()
@@ -411,10 +422,7 @@ impl Volume {
             })
             .sum::<u64>()
             .saturating_sub(report.unmatched);
-        if !trusted {
-            tracing::warn!(volume = %self.name, bytes = report.copied_bytes,
-                "the machine restarted with the mirror open: legs copied whole");
-        } else if !todo.is_empty() {
+        if !todo.is_empty() {
             tracing::warn!(volume = %self.name, ranges = report.unmatched, bytes = report.copied_bytes,
                 "mirror legs reconciled after a crash");
         }
