@@ -92,7 +92,46 @@ fn writeback_headroom() -> bool {
     OK.load(Ordering::Relaxed)
 }
 
+/// Whether this process runs under a cgroup memory limit: its dirty pages
+/// are then throttled against the cgroup's limit, which /proc/vmstat does
+/// not show, so inline writes stay off.
+fn memory_limited() -> bool {
+    static LIMITED: OnceLock<bool> = OnceLock::new();
+    *LIMITED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/cgroup")
+            .is_ok_and(|groups| cgroup_memory_limited(&groups, |p| std::fs::read_to_string(p).ok()))
+    })
+}
+
+/// [`memory_limited`] over `/proc/self/cgroup`'s text, reading cgroup
+/// files through `read`.
+fn cgroup_memory_limited(groups: &str, read: impl Fn(&str) -> Option<String>) -> bool {
+    groups.lines().any(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        if controllers.is_empty() {
+            // cgroup v2 (pure, or the unified part of a hybrid tree).
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .iter()
+                .any(|root| {
+                    read(&format!("{root}{path}/memory.max")).is_some_and(|v| v.trim() != "max")
+                })
+        } else if controllers.split(',').any(|c| c == "memory") {
+            read(&format!(
+                "/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+            ))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v < 1 << 62)
+        } else {
+            false
+        }
+    })
+}
+
 fn vmstat_headroom() -> Option<bool> {
+    if memory_limited() {
+        return Some(false);
+    }
     let text = std::fs::read_to_string("/proc/vmstat").ok()?;
     let (mut dirty, mut writeback, mut threshold) = (None, None, None);
     for line in text.lines() {
@@ -697,5 +736,37 @@ mod tests {
         let mut buf = [0u8; 512];
         b.read_at(0, &mut buf).unwrap();
         assert_eq!(buf, [1u8; 512]);
+    }
+
+    #[test]
+    fn cgroup_memory_limits_are_found_in_v1_and_v2() {
+        let files = |pairs: &'static [(&'static str, &'static str)]| {
+            move |p: &str| pairs.iter().find(|f| f.0 == p).map(|f| f.1.to_string())
+        };
+        let v1 = "4:memory:/svc\n0::/\n";
+        assert!(!cgroup_memory_limited(
+            v1,
+            files(&[(
+                "/sys/fs/cgroup/memory/svc/memory.limit_in_bytes",
+                "9223372036854771712\n"
+            )])
+        ));
+        assert!(cgroup_memory_limited(
+            v1,
+            files(&[(
+                "/sys/fs/cgroup/memory/svc/memory.limit_in_bytes",
+                "1073741824\n"
+            )])
+        ));
+        let v2 = "0::/user.slice/app\n";
+        assert!(!cgroup_memory_limited(
+            v2,
+            files(&[("/sys/fs/cgroup/user.slice/app/memory.max", "max\n")])
+        ));
+        assert!(cgroup_memory_limited(
+            v2,
+            files(&[("/sys/fs/cgroup/user.slice/app/memory.max", "536870912\n")])
+        ));
+        assert!(!cgroup_memory_limited("1:cpu:/x\n", files(&[])));
     }
 }
