@@ -369,6 +369,11 @@ impl Volume {
                     next = next.with_leg_state(*l, LegState::Resync);
                 }
             }
+            // A leg already in resync may have missed in-flight writes in
+            // regions it had been given: it starts over too.
+            for l in &resyncing {
+                meta.todo.insert(*l, all.clone());
+            }
             if let Some(p) = &self.meta_path {
                 meta.save(p)?;
             }
@@ -377,7 +382,7 @@ impl Volume {
             self.map.store(Arc::new(next));
             tracing::warn!(volume = %self.name,
                 "the machine restarted with the mirror open: its other legs resync whole from the first");
-            for id in &up {
+            for id in up.iter().chain(&resyncing) {
                 if let Some(t) = tables.get(id) {
                     t.wipe()?;
                 }
@@ -626,9 +631,12 @@ impl Volume {
     /// in different orders (A then B on one leg, B then A on the other) and
     /// leave them different forever. Exclusive range locks order overlapping
     /// writes identically on every leg; disjoint writes still run in
-    /// parallel. Unmirrored volumes only need the shared lock.
+    /// parallel. Journaled volumes need the same (see below); others only
+    /// need the shared lock.
     pub(crate) async fn write_lock(&self, lba: u64, blocks: u64) -> RangeGuard {
-        if self.mirrored {
+        // Journaled: the order of overlapping writes in the journal must be
+        // the order they reach the volume, or a replay undoes the newer.
+        if self.mirrored || self.is_journaled() {
             self.locks.exclusive(lba, blocks).await
         } else {
             self.locks.write(lba, blocks).await
@@ -879,6 +887,7 @@ impl Volume {
         let known = map.legs();
         let mut meta = self.meta.lock().clone();
         let mut newly_dead = false;
+        let mut uncopied: BTreeSet<u64> = BTreeSet::new();
         for &id in legs {
             let Some(&(_, st)) = known.iter().find(|l| l.0 == id) else {
                 return Err(invalid("no such mirror leg"));
@@ -896,13 +905,20 @@ impl Volume {
             if let Some(e) = meta.legs.get_mut(&id) {
                 e.0 = LegState::Dead;
             }
-            // A later attach computes its copy list afresh.
-            meta.todo.remove(&id);
+            // A later attach computes its copy list afresh from the ages;
+            // regions it had still to copy count as written now.
+            if let Some(t) = meta.todo.remove(&id) {
+                uncopied.extend(t);
+            }
             newly_dead = true;
         }
         if newly_dead {
             meta.generation += 1;
             map = map.with_fow(true, |_, _| true);
+            let gen = meta.generation;
+            for r in uncopied {
+                meta.ages.insert(r, gen);
+            }
         }
         if let Some((lba, blocks)) = written {
             let gen = meta.generation;
@@ -1036,11 +1052,22 @@ impl Volume {
             .map(|l| l.0)
             .collect();
         let mut copied = 0;
+        let mut first_err = None;
+        // One leg failing must not leave the others in resync.
         for id in legs {
             tracing::info!(volume = %self.name, leg = id, "resuming the resync a restart interrupted");
-            copied += self.run_resync(id).await?;
+            match self.run_resync(id).await {
+                Ok(n) => copied += n,
+                Err(e) => {
+                    tracing::warn!(volume = %self.name, leg = id, "resync failed: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(copied)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(copied),
+        }
     }
 
     /// Copies the regions on leg `id`'s resync list to it and marks it Up.
@@ -1057,9 +1084,10 @@ impl Volume {
         };
         let bs = self.block_size as u64;
         let nb = self.num_blocks();
+        // Region numbers come from a file: bounded before use.
         let ranges: Vec<(u64, u64, u64)> = list
             .iter()
-            .map(|r| (*r, r * self.region_blocks))
+            .filter_map(|r| Some((*r, r.checked_mul(self.region_blocks)?)))
             .filter(|(_, s)| *s < nb)
             .map(|(r, s)| (r, s, self.region_blocks.min(nb - s)))
             .collect();

@@ -121,12 +121,15 @@ impl Volume {
             ));
         }
         let js = journals.clone();
-        let mut entries: Vec<JEntry> = blocking(move || {
+        let (mut entries, newest): (Vec<JEntry>, Vec<u64>) = blocking(move || {
             let mut all = Vec::new();
+            let mut newest = Vec::new();
             for j in &js {
-                all.extend(j.replay()?);
+                let es = j.replay()?;
+                newest.push(es.iter().map(|e| e.seq).max().unwrap_or(0));
+                all.extend(es);
             }
-            Ok(all)
+            Ok((all, newest))
         })
         .await?;
         entries.sort_by_key(|e| e.seq);
@@ -139,10 +142,17 @@ impl Volume {
         }
         // Durable in place before the entries go.
         self.flush().await?;
+        // Oldest first: a crash part-way leaves only journals whose entries
+        // are all newer than those already emptied, so replaying them alone
+        // cannot put older data over newer.
+        let mut order: Vec<usize> = (0..journals.len()).collect();
+        order.sort_by_key(|&i| newest.get(i).copied().unwrap_or(0));
         let js = journals.clone();
         blocking(move || {
-            for j in &js {
-                j.reset()?;
+            for i in order {
+                if let Some(j) = js.get(i) {
+                    j.reset()?;
+                }
             }
             Ok(())
         })
@@ -179,33 +189,37 @@ impl Volume {
     /// Returns how many were recycled.
     pub async fn recycle_sealed(&self) -> Result<usize, EngineError> {
         let _r = self.wj.recycle.lock().await;
-        let sealed = std::mem::take(&mut *self.wj.sealed.lock());
+        // Left in the sealed list (where a host flush finds them) until the
+        // volume's data is durable in place.
+        let sealed: Vec<Arc<WriteJournal>> = self.wj.sealed.lock().clone();
         if sealed.is_empty() {
             return Ok(0);
         }
-        // In-flight writes hold a clone (their pin) until written in place.
+        // In-flight writes hold a clone (their pin) until written in place;
+        // the list and this copy hold one each.
         for j in &sealed {
-            while Arc::strong_count(j) > 1 {
+            while Arc::strong_count(j) > 2 {
                 tokio::time::sleep(Duration::from_micros(100)).await;
             }
         }
-        if let Err(e) = self.flush().await {
-            self.wj.sealed.lock().extend(sealed);
-            return Err(e);
-        }
-        let n = sealed.len();
-        let mut left = sealed.into_iter();
-        while let Some(j) = left.next() {
+        self.flush().await?;
+        let mut n = 0;
+        for j in sealed {
+            self.wj.sealed.lock().retain(|s| !Arc::ptr_eq(s, &j));
             if let Err(e) = self.recycle_journal(j.clone()).await {
                 // Kept sealed (not lost) for a later try.
-                let mut s = self.wj.sealed.lock();
-                s.push(j);
-                s.extend(left);
+                self.wj.sealed.lock().push(j);
                 return Err(e);
             }
             self.wj.recycled.fetch_add(1, Ordering::Relaxed);
+            n += 1;
         }
         Ok(n)
+    }
+
+    /// Whether host writes are journaled.
+    pub fn is_journaled(&self) -> bool {
+        self.wj.active.load().is_some()
     }
 
     /// Fraction of the active write journal in use (0 without one).

@@ -236,7 +236,7 @@ impl WriteJournal {
             at += e.len();
             chunk_lba += (chunk.len() / bs.max(1) as usize) as u64;
         }
-        self.store.write_at(c.at, &buf, fua)?;
+        self.put(c.at, &buf, fua)?;
         c.at += n;
         c.last_seq = last;
         Ok(last)
@@ -258,10 +258,22 @@ impl WriteJournal {
         let s = seq.fetch_add(1, Ordering::SeqCst);
         let mut buf = vec![0u8; n as usize];
         encode_header(&mut buf, FLAG_DISCARD, c.epoch, s, lba, bytes, &[]);
-        self.store.write_at(c.at, &buf, fua)?;
+        self.put(c.at, &buf, fua)?;
         c.at += n;
         c.last_seq = s;
         Ok(s)
+    }
+
+    /// Writes entries at `at`. With FUA the whole journal is made durable,
+    /// not just these entries: replay stops at the first missing entry, so
+    /// a durable entry behind a lost one would be skipped while older
+    /// entries before the gap are replayed over its data.
+    fn put(&self, at: u64, buf: &[u8], fua: bool) -> io::Result<()> {
+        self.store.write_at(at, buf, false)?;
+        if fua {
+            self.store.flush()?;
+        }
+        Ok(())
     }
 
     /// The complete entries of the current epoch, in order.

@@ -332,7 +332,10 @@ async fn machine_restart_with_the_mirror_open_copies_the_legs_whole() {
     }
     // A write before the copy reaches both legs.
     v.write(100, Bytes::from(data(2, 8)), false).await.unwrap();
-    assert_eq!(v.resume_resyncs().await.unwrap(), SIZE);
+    // The leg fails before its copy, then comes back: it must still get
+    // every region, not only those written while it was dead.
+    v.fail_legs(&[1], None).await.unwrap();
+    assert_eq!(v.attach_leg(1).await.unwrap(), SIZE);
     assert_eq!(v.resync_copied_bytes(), SIZE);
     let img = |i: usize| std::fs::read(leg(i)).unwrap();
     assert!(img(0) == img(1), "legs agree after the whole copy");
