@@ -64,6 +64,10 @@ pub struct Volume {
     resync: parking_lot::Mutex<ResyncRun>,
     /// Bytes resyncs have copied since open (tests and metrics).
     resync_copied: AtomicU64,
+    /// Leg -> the token of its current resync run: a run that finds
+    /// another token (fail, then attach, while it ran) stops.
+    resync_runs: parking_lot::Mutex<BTreeMap<usize, u64>>,
+    resync_tokens: AtomicU64,
     /// Tagged mirror writes, when the legs have tag tables.
     tags: Option<Arc<Tags>>,
     /// What crash reconciliation found and copied at open.
@@ -486,6 +490,8 @@ impl Volume {
             cp: tokio::sync::Mutex::new(()),
             resync: parking_lot::Mutex::new(ResyncRun::default()),
             resync_copied: AtomicU64::new(0),
+            resync_runs: parking_lot::Mutex::new(BTreeMap::new()),
+            resync_tokens: AtomicU64::new(0),
             tags: None,
             reconcile: parking_lot::Mutex::new(ReconcileReport::default()),
             tag_session: None,
@@ -1103,19 +1109,39 @@ impl Volume {
             };
         }
         tracing::info!(volume = %self.name, leg = id, since, regions = ranges.len(), "resync started");
-        let r = self.copy_regions(id, &ranges).await;
+        let token = self.resync_tokens.fetch_add(1, Ordering::SeqCst) + 1;
+        self.resync_runs.lock().insert(id, token);
+        let r = self.copy_regions(id, token, &ranges).await;
         let copied = {
             let mut p = self.resync.lock();
-            p.active = false;
-            p.elapsed = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            // A superseded run leaves the progress to the newer one.
+            if self.resync_runs.lock().get(&id) == Some(&token) {
+                p.active = false;
+                p.elapsed = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            }
             p.done
         };
-        if let Err(e) = r {
-            // The leg failed again (or the source did): back to dead.
-            let _ = self.fail_legs(&[id], None).await;
-            return Err(e);
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(EngineError::Io(std::io::Error::other(
+                    "resync superseded: the leg failed or a newer resync took over",
+                )))
+            }
+            Err(e) => {
+                // The leg failed again (or the source did): back to dead.
+                if self.resync_current(id, token) {
+                    let _ = self.fail_legs(&[id], None).await;
+                }
+                return Err(e);
+            }
         }
         let _cp = self.cp.lock().await;
+        if !self.resync_current(id, token) {
+            return Err(EngineError::Io(std::io::Error::other(
+                "resync superseded by a newer run",
+            )));
+        }
         // The leg may have failed again (or been failed by hand) meanwhile.
         if !self.map.load().legs().contains(&(id, LegState::Resync)) {
             return Err(EngineError::Io(std::io::Error::other(
@@ -1143,11 +1169,28 @@ impl Volume {
     /// Copies `(region, start, blocks)` ranges to leg `id`. Every so often
     /// the copies are flushed and the regions struck off the leg's durable
     /// list, so a restart resumes after them.
-    async fn copy_regions(&self, id: usize, ranges: &[(u64, u64, u64)]) -> Result<(), EngineError> {
+    /// Whether `token` is leg `id`'s current resync run and the leg is
+    /// still in resync.
+    fn resync_current(&self, id: usize, token: u64) -> bool {
+        self.resync_runs.lock().get(&id) == Some(&token)
+            && self.map.load().legs().contains(&(id, LegState::Resync))
+    }
+
+    /// Copies `ranges` to leg `id`; Ok(false) when the run was superseded
+    /// (see [`Volume::resync_current`]) and stopped.
+    async fn copy_regions(
+        &self,
+        id: usize,
+        token: u64,
+        ranges: &[(u64, u64, u64)],
+    ) -> Result<bool, EngineError> {
         let bs = self.block_size as u64;
         let mut copied: Vec<u64> = Vec::new();
         let mut last_save = Instant::now();
         for (i, &(region, s, n)) in ranges.iter().enumerate() {
+            if !self.resync_current(id, token) {
+                return Ok(false);
+            }
             {
                 // Exclusive: no host write to the region can interleave with
                 // the copy and be overwritten by older data.
@@ -1172,13 +1215,14 @@ impl Volume {
             let due =
                 copied.len() >= RESYNC_SAVE_REGIONS || last_save.elapsed() >= RESYNC_SAVE_INTERVAL;
             if i + 1 < ranges.len() && due {
-                self.save_resync_progress(id, &std::mem::take(&mut copied))
+                self.save_resync_progress(id, token, &std::mem::take(&mut copied))
                     .await?;
                 last_save = Instant::now();
             }
         }
         // The copies must be durable before the leg is declared in sync.
-        self.flush_backends().await
+        self.flush_backends().await?;
+        Ok(true)
     }
 
     async fn flush_backends(&self) -> Result<(), EngineError> {
@@ -1194,9 +1238,18 @@ impl Volume {
 
     /// Makes the copies of `regions` durable, then strikes them off leg
     /// `id`'s resync list.
-    async fn save_resync_progress(&self, id: usize, regions: &[u64]) -> Result<(), EngineError> {
+    async fn save_resync_progress(
+        &self,
+        id: usize,
+        token: u64,
+        regions: &[u64],
+    ) -> Result<(), EngineError> {
         self.flush_backends().await?;
         let _cp = self.cp.lock().await;
+        // A newer run has its own list; this one's copies do not count.
+        if !self.resync_current(id, token) {
+            return Ok(());
+        }
         let mut meta = self.meta.lock().clone();
         // Gone when the leg failed meanwhile.
         let Some(todo) = meta.todo.get_mut(&id) else {

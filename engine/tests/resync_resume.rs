@@ -183,3 +183,46 @@ async fn a_write_torn_by_the_crash_is_recopied_even_in_a_copied_region() {
     assert!(image(&rig.legs[0]) == image(&rig.legs[1]), "legs differ");
     assert_eq!(v.read(100, 16).await.unwrap(), pattern(99, 16));
 }
+
+/// Fail and re-attach a leg while its resync still runs: the old run stops
+/// instead of declaring the leg in sync before the new run has copied
+/// what was written while the leg was dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_resync_stops_and_the_newer_one_finishes() {
+    let legs = [faulty(LEG_BLOCKS * BS), faulty(LEG_BLOCKS * BS)];
+    let backends: Vec<Arc<dyn Backend>> = legs.iter().map(|b| b.clone() as _).collect();
+    let layout = Layout::Mirror {
+        legs: vec![Layout::Backend(0), Layout::Backend(1)],
+    };
+    let v = Volume::with_layout("r", backends, &layout, BS as u32, None).unwrap();
+    v.fail_legs(&[1], None).await.unwrap();
+    for r in 0..16u64 {
+        v.write(r * REGION, pattern(r, 8), false).await.unwrap();
+    }
+    legs[1].set_latency(Duration::from_millis(3));
+    let first = tokio::spawn({
+        let v = v.clone();
+        async move { v.attach_leg(1).await }
+    });
+    let t = Instant::now();
+    while v.mirror_status().resync.done_bytes == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "resync did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    v.fail_legs(&[1], None).await.unwrap();
+    v.write(5 * REGION + 100, pattern(99, 8), false)
+        .await
+        .unwrap();
+    legs[1].set_latency(Duration::ZERO);
+    v.attach_leg(1).await.unwrap();
+    let r = first.await.unwrap();
+    assert!(
+        r.is_err(),
+        "the first run must not finish after being superseded: {r:?}"
+    );
+    assert!(v.mirror_status().legs.iter().all(|l| l.1 == LegState::Up));
+    assert!(image(&legs[0]) == image(&legs[1]), "legs differ");
+}
