@@ -91,6 +91,18 @@ pub enum Route {
 }
 
 impl StorageDesc {
+    /// Every backend the descriptor uses, with the state of the innermost
+    /// mirror leg on the way (None outside mirrors).
+    pub fn backends(&self, state: Option<LegState>, out: &mut Vec<(Option<LegState>, usize)>) {
+        match self {
+            StorageDesc::Remap { backend, .. } => out.push((state, *backend)),
+            StorageDesc::Stripe { legs, .. } => legs.iter().for_each(|l| l.backends(state, out)),
+            StorageDesc::Mirror { legs } => legs
+                .iter()
+                .for_each(|l| l.desc.backends(Some(l.state), out)),
+        }
+    }
+
     /// Resolves `blocks` at `pos` into downstream targets, appending to
     /// `out`. `buf_block` is where the range starts in the caller's buffer.
     /// Returns false when a mirror has no usable leg for a read.

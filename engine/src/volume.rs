@@ -1226,14 +1226,30 @@ impl Volume {
     }
 
     async fn flush_backends(&self) -> Result<(), EngineError> {
-        let backends = self.backends();
-        blocking(move || {
-            for b in backends.iter() {
-                b.flush()?;
-            }
-            Ok(())
-        })
-        .await
+        let (backends, skip) = (self.backends(), self.dead_only_backends());
+        blocking(move || Ok(flush_live(&backends, &skip)?)).await
+    }
+
+    /// Backends that only dead legs use: nothing durable depends on them,
+    /// and a failing device there must not fail the volume's flushes.
+    fn dead_only_backends(&self) -> BTreeSet<usize> {
+        let map = self.map.load_full();
+        let mut uses = Vec::new();
+        for r in map.redirects() {
+            r.desc.backends(None, &mut uses);
+        }
+        if !uses.iter().any(|u| u.0 == Some(LegState::Dead)) {
+            return BTreeSet::new();
+        }
+        let live: BTreeSet<usize> = uses
+            .iter()
+            .filter(|u| u.0 != Some(LegState::Dead))
+            .map(|u| u.1)
+            .collect();
+        uses.iter()
+            .filter(|u| u.0 == Some(LegState::Dead) && !live.contains(&u.1))
+            .map(|u| u.1)
+            .collect()
     }
 
     /// Makes the copies of `regions` durable, then strikes them off leg
@@ -1334,7 +1350,7 @@ impl Volume {
     /// retires the tags of completed writes (their data is durable now).
     pub async fn flush(&self) -> Result<(), EngineError> {
         self.flush_journals().await?;
-        let backends = self.backends();
+        let (backends, skip) = (self.backends(), self.dead_only_backends());
         let tags = self.tags.clone();
         let live: Vec<usize> = self
             .map
@@ -1349,19 +1365,13 @@ impl Volume {
                 Some(t) => {
                     // Taken before the flush: only writes it covers retire.
                     let done = t.take_done();
-                    for b in backends.iter() {
-                        if let Err(e) = b.flush() {
-                            t.requeue(&done);
-                            return Err(e.into());
-                        }
+                    if let Err(e) = flush_live(&backends, &skip) {
+                        t.requeue(&done);
+                        return Err(e.into());
                     }
                     t.retire(&done, &live)?;
                 }
-                None => {
-                    for b in backends.iter() {
-                        b.flush()?;
-                    }
-                }
+                None => flush_live(&backends, &skip)?,
             }
             Ok(())
         })
@@ -1562,6 +1572,16 @@ pub(crate) fn write_targets(
         }
     }
     failures
+}
+
+/// Flushes every backend but those in `skip` (dead legs only).
+fn flush_live(backends: &[Arc<dyn Backend>], skip: &BTreeSet<usize>) -> std::io::Result<()> {
+    for (i, b) in backends.iter().enumerate() {
+        if !skip.contains(&i) {
+            b.flush()?;
+        }
+    }
+    Ok(())
 }
 
 /// What a host write's downstream I/O did: the targets that failed, and the

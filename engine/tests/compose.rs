@@ -411,3 +411,22 @@ async fn fast_path_map_cache_is_bounded_and_follows_map_changes() {
     assert_eq!(d[..], pattern(0xC0, 8)[..]);
     assert_eq!(misses(), before + 1, "then it hit");
 }
+
+/// A dead leg's device can fail its flushes without failing the volume's.
+#[tokio::test]
+async fn flush_skips_backends_only_dead_legs_use() {
+    let legs = [faulty(64), faulty(64)];
+    let b: Vec<Arc<dyn Backend>> = legs.iter().map(|l| l.clone() as _).collect();
+    let layout = Layout::Mirror {
+        legs: vec![backend(0), backend(1)],
+    };
+    let v = Volume::with_layout("m", b, &layout, BS as u32, None).unwrap();
+    legs[1].set_fail_writes(true);
+    assert!(
+        v.flush().await.is_err(),
+        "a live leg's failing flush counts"
+    );
+    v.fail_legs(&[1], None).await.unwrap();
+    v.flush().await.unwrap();
+    v.write(0, pattern(3, 4), true).await.unwrap();
+}
