@@ -29,7 +29,10 @@ QUIET_PID=""
 cleanup() {
     stop_vtgt
     # tgtd ignores SIGTERM while it has targets; it would keep a core busy.
-    [ -n "$TGT_PID" ] && kill -9 "$TGT_PID" 2>/dev/null || true
+    if [ -n "$TGT_PID" ]; then
+        kill -9 "$TGT_PID" 2>/dev/null || true
+        wait "$TGT_PID" 2>/dev/null || true
+    fi
     [ -n "$QUIET_PID" ] && kill "$QUIET_PID" 2>/dev/null || true
     rm -rf "$work"
 }
