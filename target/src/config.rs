@@ -121,13 +121,17 @@ pub struct JournalConfig {
 /// Smallest journal: a write longer than a quarter of it takes several
 /// entries, so this bounds the entry count of the longest host write.
 pub const MIN_JOURNAL_BYTES: u64 = 256 << 10;
+/// Largest journal: replay at open reads a journal's entries into memory.
+pub const MAX_JOURNAL_BYTES: u64 = 1 << 30;
 
 impl JournalConfig {
     pub fn check(&self, block_size: u32) -> Result<u64, String> {
         let bytes = parse_size(&self.size)?;
-        if bytes < MIN_JOURNAL_BYTES || bytes % block_size as u64 != 0 {
+        if !(MIN_JOURNAL_BYTES..=MAX_JOURNAL_BYTES).contains(&bytes)
+            || bytes % block_size as u64 != 0
+        {
             return Err(format!(
-                "size {:?}: at least 256KiB and a multiple of the block size",
+                "size {:?}: from 256KiB to 1GiB, a multiple of the block size",
                 self.size
             ));
         }
@@ -436,6 +440,7 @@ impl Config {
             return Err("iscsi.portals: at least one portal is needed".into());
         }
         let mut names = HashSet::new();
+        let mut journal_files = HashSet::new();
         for v in &self.volumes {
             if v.name.is_empty() || !names.insert(v.name.as_str()) {
                 return Err(format!("volume {:?}: empty or duplicate name", v.name));
@@ -449,6 +454,16 @@ impl Config {
             if let Some(j) = &v.journal {
                 j.check(v.block_size)
                     .map_err(|e| format!("volume {:?}: journal: {e}", v.name))?;
+                // Two volumes on one journal would replay each other's writes.
+                for p in j.paths(&self.data_dir, &v.name) {
+                    if !journal_files.insert(p.clone()) {
+                        return Err(format!(
+                            "volume {:?}: journal file {} is another volume's",
+                            v.name,
+                            p.display()
+                        ));
+                    }
+                }
             }
             if let Some(l) = &v.layout {
                 l.check(v.block_size, true)
@@ -759,7 +774,8 @@ mod journal_tests {
     #[test]
     fn bad_journals_are_refused_with_a_reason() {
         for (cfg, want) in [
-            ("size = \"64KiB\"", "at least 256KiB"),
+            ("size = \"64KiB\"", "from 256KiB to 1GiB"),
+            ("size = \"2GiB\"", "from 256KiB to 1GiB"),
             ("size = \"4MiB\"\ncount = 1", "between 2 and 64"),
             ("size = \"4 parsecs\"", "unknown size unit"),
             ("size = \"4MiB\"\nfile = \"\"", "empty name"),
@@ -769,6 +785,13 @@ mod journal_tests {
         }
         let e = parse("count = 2").unwrap_err().to_string();
         assert!(e.contains("j.toml:") && e.contains("size"), "{e}");
+        let two = "data_dir = \"/d\"\n\
+            [[volume]]\nname = \"a\"\nbackend = \"file\"\npath = \"a.img\"\nsize = \"16MiB\"\n\
+            [volume.journal]\nfile = \"shared\"\nsize = \"4MiB\"\n\
+            [[volume]]\nname = \"b\"\nbackend = \"file\"\npath = \"b.img\"\nsize = \"16MiB\"\n\
+            [volume.journal]\nfile = \"shared\"\nsize = \"4MiB\"\n";
+        let e = Config::parse(two, "j.toml").unwrap_err().to_string();
+        assert!(e.contains("another volume's"), "{e}");
     }
 }
 
