@@ -474,6 +474,15 @@ impl ExtentMap {
         out
     }
 
+    /// Ids of the legs whose state passes `keep`, in id order.
+    pub fn leg_ids<C: FromIterator<usize>>(&self, keep: impl Fn(LegState) -> bool) -> C {
+        self.legs()
+            .into_iter()
+            .filter(|l| keep(l.1))
+            .map(|l| l.0)
+            .collect()
+    }
+
     /// The leg ids of each mirror, once per mirror.
     pub fn mirror_groups(&self) -> Vec<Vec<usize>> {
         fn walk(d: &StorageDesc, out: &mut Vec<Vec<usize>>) {

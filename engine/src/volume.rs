@@ -306,12 +306,7 @@ impl Volume {
         trusted: bool,
     ) -> Result<u64, EngineError> {
         let map = self.map.load_full();
-        let up: BTreeSet<usize> = map
-            .legs()
-            .into_iter()
-            .filter(|l| l.1 == LegState::Up)
-            .map(|l| l.0)
-            .collect();
+        let up: BTreeSet<usize> = map.leg_ids(|st| st == LegState::Up);
         let mut entries = BTreeMap::new();
         let mut max_tag = 0;
         // Ranges some write was in flight to, on any leg.
@@ -327,12 +322,7 @@ impl Volume {
         // A leg in resync may lack any of those writes, even in regions
         // already copied to it: copy them again when the resync resumes.
         // Recorded before the tables are wiped.
-        let resyncing: Vec<usize> = map
-            .legs()
-            .into_iter()
-            .filter(|l| l.1 == LegState::Resync)
-            .map(|l| l.0)
-            .collect();
+        let resyncing: Vec<usize> = map.leg_ids(|st| st == LegState::Resync);
         if !resyncing.is_empty() && !touched.is_empty() {
             let nb = self.num_blocks();
             let mut meta = self.meta.lock().clone();
@@ -805,12 +795,7 @@ impl Volume {
     /// can run on a blocking thread.
     pub(crate) fn host_io(&self, map: &ExtentMap, lba: u64, blocks: u64) -> HostIo {
         let live = match &self.tags {
-            Some(_) => map
-                .legs()
-                .into_iter()
-                .filter(|l| l.1 != LegState::Dead)
-                .map(|l| l.0)
-                .collect(),
+            Some(_) => map.leg_ids(|st| st != LegState::Dead),
             None => Vec::new(),
         };
         HostIo {
@@ -831,14 +816,7 @@ impl Volume {
         };
         if let Some(batch) = tags.complete(tag, false) {
             let tags = tags.clone();
-            let live: Vec<usize> = self
-                .map
-                .load()
-                .legs()
-                .into_iter()
-                .filter(|l| l.1 != LegState::Dead)
-                .map(|l| l.0)
-                .collect();
+            let live: Vec<usize> = self.map.load().leg_ids(|st| st != LegState::Dead);
             let name = self.name.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = tags.retire(&batch, &live) {
@@ -1049,14 +1027,7 @@ impl Volume {
     /// have left it short of), then serves reads again. Returns the bytes
     /// copied.
     pub async fn resume_resyncs(&self) -> Result<u64, EngineError> {
-        let legs: Vec<usize> = self
-            .map
-            .load()
-            .legs()
-            .into_iter()
-            .filter(|l| l.1 == LegState::Resync)
-            .map(|l| l.0)
-            .collect();
+        let legs: Vec<usize> = self.map.load().leg_ids(|st| st == LegState::Resync);
         let mut copied = 0;
         let mut first_err = None;
         // One leg failing must not leave the others in resync.
@@ -1137,15 +1108,11 @@ impl Volume {
             }
         }
         let _cp = self.cp.lock().await;
+        // The leg may have failed again (or been failed by hand) meanwhile,
+        // or a newer run taken over.
         if !self.resync_current(id, token) {
             return Err(EngineError::Io(std::io::Error::other(
-                "resync superseded by a newer run",
-            )));
-        }
-        // The leg may have failed again (or been failed by hand) meanwhile.
-        if !self.map.load().legs().contains(&(id, LegState::Resync)) {
-            return Err(EngineError::Io(std::io::Error::other(
-                "leg left resync before it completed",
+                "leg left resync, or a newer resync took over, before it completed",
             )));
         }
         let mut map = self.map.load_full().with_leg_state(id, LegState::Up);
@@ -1352,14 +1319,7 @@ impl Volume {
         self.flush_journals().await?;
         let (backends, skip) = (self.backends(), self.dead_only_backends());
         let tags = self.tags.clone();
-        let live: Vec<usize> = self
-            .map
-            .load()
-            .legs()
-            .into_iter()
-            .filter(|l| l.1 != LegState::Dead)
-            .map(|l| l.0)
-            .collect();
+        let live: Vec<usize> = self.map.load().leg_ids(|st| st != LegState::Dead);
         blocking(move || {
             match tags {
                 Some(t) => {
