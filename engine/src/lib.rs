@@ -30,7 +30,7 @@ pub use extent::LegState;
 pub use fastpath::{Access, AccessState, Admission, Exposure, IoKind};
 pub use fault::{FaultCounters, FaultReason};
 pub use layout::Layout;
-pub use mirror::ResyncStatus;
+pub use mirror::{write_atomically, ResyncStatus};
 pub use rangelock::{RangeGuard, RangeLocks};
 pub use reservation::{ItNexus, PrError, PrRequest, PrType, Reservations, Standing};
 pub use volume::{MigrationLog, MigrationRecord, MirrorStatus, ReconcileReport, Volume};

@@ -617,24 +617,7 @@ fn sessions(server: &Server) -> Value {
 /// Writes the config atomically: temp file, fsync, rename, fsync the dir.
 pub fn save_config(cfg: &Config, path: &Path) -> Result<()> {
     let text = toml::to_string_pretty(cfg)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("vtgt.toml")
-    ));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    vtgt_engine::write_atomically(path, text.as_bytes())?;
     Ok(())
 }
 
