@@ -207,15 +207,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Initiator(c) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match current_thread_runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("vtgt: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(vtgt::initiator_cli::run(c)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -407,15 +401,9 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
             }),
         },
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match current_thread_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vtgt: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(vtgt::admin::call(&socket, &req)) {
         Ok(v) => {
@@ -432,17 +420,23 @@ fn admin(socket: PathBuf, op: AdminOp) -> ExitCode {
     }
 }
 
-/// Polls `layout` and draws the resync's progress until none is running.
-fn watch(socket: PathBuf, volume: String) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// A runtime for a short client command; on failure, says so and gives the
+/// exit code.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
+        .map_err(|e| {
+            eprintln!("vtgt: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// Polls `layout` and draws the resync's progress until none is running.
+fn watch(socket: PathBuf, volume: String) -> ExitCode {
+    let rt = match current_thread_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vtgt: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let req = Request::Layout { volume };
     let mut seen_active = false;
