@@ -284,13 +284,11 @@ async fn export(server: &Server) {
         }
         gauge!("vtgt_volume_generation", "volume" => name.clone()).set(ms.generation as f64);
         let r = &ms.resync;
-        let (total, done) = if r.active {
-            (r.total_bytes as f64, r.done_bytes as f64)
-        } else {
-            (0.0, 0.0)
-        };
-        gauge!("vtgt_resync_total_bytes", "volume" => name.clone()).set(total);
-        gauge!("vtgt_resync_done_bytes", "volume" => name.clone()).set(done);
+        progress(
+            ["vtgt_resync_total_bytes", "vtgt_resync_done_bytes"],
+            &name,
+            r.active.then_some((r.total_bytes, r.done_bytes)),
+        );
         gauge!("vtgt_resync_rate_bytes_per_second", "volume" => name.clone()).set(if r.active {
             r.rate_bps
         } else {
@@ -301,13 +299,11 @@ async fn export(server: &Server) {
         counter!("vtgt_resync_copied_bytes_total", "volume" => name.clone())
             .absolute(v.resync_copied_bytes());
         let mig = v.migration_status();
-        let (mt, md) = if mig.active {
-            (mig.total_bytes as f64, mig.done_bytes as f64)
-        } else {
-            (0.0, 0.0)
-        };
-        gauge!("vtgt_migration_total_bytes", "volume" => name.clone()).set(mt);
-        gauge!("vtgt_migration_done_bytes", "volume" => name.clone()).set(md);
+        progress(
+            ["vtgt_migration_total_bytes", "vtgt_migration_done_bytes"],
+            &name,
+            mig.active.then_some((mig.total_bytes, mig.done_bytes)),
+        );
         let js = v.journal_status();
         gauge!("vtgt_journal_fill_ratio", "volume" => name.clone()).set(js.fill_ratio);
         if js.journals > 0 {
@@ -328,4 +324,12 @@ async fn export(server: &Server) {
     }
     gauge!("vtgt_sessions", "protocol" => "iscsi", "target" => "discovery")
         .set(sessions.iter().filter(|s| s.discovery).count() as f64);
+}
+
+/// The total and done gauges of a volume's long operation (zero when none
+/// runs, so finished work does not linger on dashboards).
+fn progress(names: [&'static str; 2], volume: &str, running: Option<(u64, u64)>) {
+    let (total, done) = running.unwrap_or((0, 0));
+    gauge!(names[0], "volume" => volume.to_string()).set(total as f64);
+    gauge!(names[1], "volume" => volume.to_string()).set(done as f64);
 }
