@@ -16,13 +16,12 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::cdb10;
+use common::{cdb10, Vtgt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use vtgt_initiator::{DataDir, LoginConfig, Session};
@@ -49,15 +48,6 @@ const LUNS: [(u64, &str, LegPairs); 3] = [
     ),
     (2, "plain", &[]),
 ];
-
-struct Vtgt(Child);
-
-impl Drop for Vtgt {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(dir: &Path) -> PathBuf {
     let cfg = dir.join("vtgt.toml");

@@ -2,10 +2,12 @@
 //! with SIGKILL after REGISTER + RESERVE, restarted, and the registration
 //! and reservation are still there; without APTPL they are gone.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+use common::Vtgt;
 
 use bytes::Bytes;
 use vtgt_initiator::{CommandResult, DataDir, LoginConfig, Session};
@@ -13,15 +15,6 @@ use vtgt_initiator::{CommandResult, DataDir, LoginConfig, Session};
 const TARGET: &str = "iqn.2026-11.org.vtgt:aptpl";
 const HOST: &str = "iqn.2026-11.test:aptpl-host";
 const ISID: [u8; 6] = [0x40, 0, 0, 0, 0x12, 0x34];
-
-struct Vtgt(Child);
-
-impl Drop for Vtgt {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts vtgt on `dir` and returns it with its portal address.
 fn start(dir: &Path) -> (Vtgt, SocketAddr) {
@@ -47,30 +40,7 @@ volume = "disk"
         ),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vtgt"))
-        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn vtgt");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let marker = "iSCSI portal up listen=";
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("vtgt exited before its portal came up")
-            .expect("read stderr");
-        if let Some(i) = line.find(marker) {
-            let a = &line[i + marker.len()..];
-            let a = a.split_whitespace().next().unwrap_or(a);
-            break a.parse().expect("portal address");
-        }
-    };
-    // Keep draining the log so vtgt never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let (child, addr) = common::start(&["--config", cfg.to_str().expect("config path")]);
     (Vtgt(child), addr)
 }
 

@@ -4,6 +4,8 @@
 //! compare-and-write through either is atomic against writes through the
 //! other; NVMe PTPL survives a restart.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use vtgt::config::{
-    BackendKind, Config, IscsiConfig, LunConfig, NamespaceConfig, NvmeConfig, NvmePortalConfig,
-    PortalConfig, SubsystemConfig, TargetConfig, VolumeConfig,
+    BackendKind, Config, LunConfig, NamespaceConfig, NvmeConfig, NvmePortalConfig, SubsystemConfig,
+    TargetConfig, VolumeConfig,
 };
 use vtgt::server::Server;
 use vtgt_initiator::iscsi::{CommandResult, DataDir, LoginConfig, Session};
@@ -49,15 +51,7 @@ fn config(dir: Option<&Path>) -> Config {
     };
     Config {
         data_dir,
-        iscsi: IscsiConfig {
-            portals: vec![PortalConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                advertise: None,
-                portal_group: 1,
-            }],
-            nop_interval_secs: 0,
-            discovery_chap: None,
-        },
+        iscsi: common::loopback_iscsi(),
         volumes: vec![VolumeConfig {
             name: "vol".into(),
             backend,

@@ -2,6 +2,8 @@
 //! performs, transfers of every shape with and without digests, keep-alive
 //! expiry, discovery, malformed PDUs, and one volume shared with iSCSI.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,8 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vtgt::config::{
-    BackendKind, Config, IscsiConfig, LunConfig, NamespaceConfig, NvmeConfig, NvmePortalConfig,
-    PortalConfig, SubsystemConfig, TargetConfig, VolumeConfig,
+    Config, LunConfig, NamespaceConfig, NvmeConfig, NvmePortalConfig, SubsystemConfig, TargetConfig,
 };
 use vtgt::server::Server;
 use vtgt_engine::{FaultReason, Notice};
@@ -38,33 +39,16 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     }
 }
 
-fn volume(name: &str) -> VolumeConfig {
-    VolumeConfig {
-        name: name.into(),
-        backend: BackendKind::Memory,
-        path: None,
-        size: Some(VOLUME_BYTES.to_string()),
-        block_size: BS,
-        layout: None,
-        journal: None,
-    }
-}
-
 /// Volume "shared" as iSCSI LUN 0 and NVMe namespace 1 of SUBNQN; volume
 /// "locked" as namespace 1 of LOCKED, which only OTHER_HOST may use.
 fn config() -> Config {
     Config {
         data_dir: std::env::temp_dir(),
-        iscsi: IscsiConfig {
-            portals: vec![PortalConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                advertise: None,
-                portal_group: 1,
-            }],
-            nop_interval_secs: 0,
-            discovery_chap: None,
-        },
-        volumes: vec![volume("shared"), volume("locked")],
+        iscsi: common::loopback_iscsi(),
+        volumes: vec![
+            common::volume("shared", VOLUME_BYTES),
+            common::volume("locked", VOLUME_BYTES),
+        ],
         targets: vec![TargetConfig {
             name: TARGET.into(),
             alias: None,

@@ -4,6 +4,8 @@
 //! attribute changed event and names the NSIDs in log page 04h; I/O to
 //! other namespaces keeps working throughout.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,10 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 use vtgt::admin::{self, AdminContext, Request};
-use vtgt::config::{
-    BackendKind, Config, IscsiConfig, NamespaceConfig, NvmeConfig, NvmePortalConfig, PortalConfig,
-    SubsystemConfig, VolumeConfig,
-};
+use vtgt::config::{Config, NamespaceConfig, NvmeConfig, NvmePortalConfig, SubsystemConfig};
 use vtgt::server::Server;
 use vtgt_initiator::nvme::{discover, Controller, HostConfig, NvmeError, Queue};
 use vtgt_protocol::nvme::command::{feat, sc, sct};
@@ -35,18 +34,6 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     match tokio::time::timeout(STEP, f).await {
         Ok(v) => v,
         Err(_) => panic!("timed out: {what}"),
-    }
-}
-
-fn volume(name: &str, bytes: u64) -> VolumeConfig {
-    VolumeConfig {
-        name: name.into(),
-        backend: BackendKind::Memory,
-        path: None,
-        size: Some(bytes.to_string()),
-        block_size: BS,
-        layout: None,
-        journal: None,
     }
 }
 
@@ -70,20 +57,11 @@ fn subsystem(nqn: &str, namespaces: &[(u32, &str)]) -> SubsystemConfig {
 fn config(dir: &std::path::Path) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
-        iscsi: IscsiConfig {
-            // A portal is required; nothing here uses it.
-            portals: vec![PortalConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                advertise: None,
-                portal_group: 1,
-            }],
-            nop_interval_secs: 0,
-            discovery_chap: None,
-        },
+        iscsi: common::loopback_iscsi(),
         volumes: vec![
-            volume("a", 16 * MIB),
-            volume("b", 8 * MIB),
-            volume("c", 4 * MIB),
+            common::volume("a", 16 * MIB),
+            common::volume("b", 8 * MIB),
+            common::volume("c", 4 * MIB),
         ],
         targets: vec![],
         nvme: NvmeConfig {

@@ -8,6 +8,16 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vtgt");
 
+/// A running vtgt, killed (SIGKILL) and reaped when dropped.
+pub struct Vtgt(pub Child);
+
+impl Drop for Vtgt {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `vtgt serve ARGS` and returns it with its bound iSCSI portal.
 pub fn start(args: &[&str]) -> (Child, SocketAddr) {
     let (c, a, _) = start_both(args);

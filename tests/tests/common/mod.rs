@@ -72,20 +72,25 @@ pub fn target(name: &str, volume: &str) -> TargetConfig {
     }
 }
 
+/// One iSCSI portal on an ephemeral loopback port, NOP pings off.
+pub fn loopback_iscsi() -> IscsiConfig {
+    IscsiConfig {
+        portals: vec![PortalConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            portal_group: 1,
+        }],
+        nop_interval_secs: 0,
+        discovery_chap: None,
+    }
+}
+
 /// One memory volume exported as LUN 0 of [`TARGET`], portal on an
 /// ephemeral loopback port, NOP pings off.
 pub fn mem_config() -> Config {
     Config {
         data_dir: std::env::temp_dir(),
-        iscsi: IscsiConfig {
-            portals: vec![PortalConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                advertise: None,
-                portal_group: 1,
-            }],
-            nop_interval_secs: 0,
-            discovery_chap: None,
-        },
+        iscsi: loopback_iscsi(),
         volumes: vec![volume("v0", VOLUME_BYTES)],
         targets: vec![target(TARGET, "v0")],
         nvme: Default::default(),
