@@ -328,27 +328,18 @@ impl Admission {
         let io = volume.host_io(&map, lba, blocks);
         // A mirrored write whose stores all take buffered writes without
         // waiting is done here, like the plain case above.
-        if !fua {
-            if let Some((failures, tag)) = io.try_apply_inline(&targets, &data) {
-                if failures.is_empty() {
-                    volume.counters.fast_path_hit();
-                }
-                volume.finish_tag(tag);
-                drop(map);
-                let r = volume.complete_write(lba, blocks, failures).await;
-                drop(guard);
-                return r;
-            }
+        let inline = if fua {
+            None
+        } else {
+            io.try_apply_inline(&targets, &data)
+        };
+        let (failures, tag) = match inline {
+            Some(done) => done,
+            None => blocking(move || Ok(io.apply(&targets, Some(&data), fua))).await?,
+        };
+        if failures.is_empty() {
+            volume.counters.fast_path_hit();
         }
-        let vol = volume.clone();
-        let (failures, tag) = blocking(move || {
-            let (f, tag) = io.apply(&targets, Some(&data), fua);
-            if f.is_empty() {
-                vol.counters.fast_path_hit();
-            }
-            Ok((f, tag))
-        })
-        .await?;
         volume.finish_tag(tag);
         // Drop the map before the control path runs: it may wait for
         // holders of older maps to drain.
