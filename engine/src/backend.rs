@@ -213,8 +213,18 @@ fn nowait_unsupported(e: &io::Error) -> bool {
 }
 
 impl FileBackend {
-    /// Opens an existing file (never creates one).
+    /// Whether `path` is a block device (then opened with
+    /// [`FileBackend::open_block_device`]).
+    pub fn is_block_device(path: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+    }
+
+    /// Opens an existing block device or file (never creates one).
     pub fn open_existing(path: &Path) -> io::Result<Self> {
+        if Self::is_block_device(path) {
+            return Self::open_block_device(path);
+        }
         if !path.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,

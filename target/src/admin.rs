@@ -223,8 +223,7 @@ pub async fn handle(ctx: &AdminContext, req: Request) -> Result<Value> {
                     );
                 }
             }
-            use std::os::unix::fs::FileTypeExt;
-            let is_device = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
+            let is_device = vtgt_engine::FileBackend::is_block_device(&path);
             if path.exists() && !is_device {
                 bail!(
                     "migration target {} exists; name a new file",

@@ -476,16 +476,9 @@ fn open_plain(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Arc<Volum
         return Ok(Volume::simple(&v.name, open_backend(cfg, v)?, v.block_size));
     };
     let file = |p: &std::path::Path| -> Result<Arc<dyn Backend>> {
-        use std::os::unix::fs::FileTypeExt;
-        let block = std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device());
-        let b = if block {
-            FileBackend::open_block_device(p)
-        } else {
-            FileBackend::open_existing(p)
-        };
-        Ok(Arc::new(b.with_context(|| {
-            format!("volume {:?}: migrated backend {}", v.name, p.display())
-        })?))
+        Ok(Arc::new(FileBackend::open_existing(p).with_context(
+            || format!("volume {:?}: migrated backend {}", v.name, p.display()),
+        )?))
     };
     // The log belongs to this volume only while the config still names one
     // end of that migration.
