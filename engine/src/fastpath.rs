@@ -325,17 +325,19 @@ impl Admission {
             blocks,
             ..
         } = self;
-        let io = volume.host_io(&map, lba, blocks);
-        // A mirrored write whose stores all take buffered writes without
-        // waiting is done here, like the plain case above.
-        let inline = if fua {
-            None
-        } else {
-            io.try_apply_inline(&targets, &data)
-        };
-        let (failures, tag) = match inline {
-            Some(done) => done,
-            None => blocking(move || Ok(io.apply(&targets, Some(&data), fua))).await?,
+        let (failures, tag) = {
+            let io = volume.host_io(&map, lba, blocks);
+            // A mirrored write whose stores all take buffered writes without
+            // waiting is done here, like the plain case above.
+            let inline = if fua {
+                None
+            } else {
+                io.try_apply_inline(&targets, &data)
+            };
+            match inline {
+                Some(done) => done,
+                None => blocking(move || Ok(io.apply(&targets, Some(&data), fua))).await?,
+            }
         };
         if failures.is_empty() {
             volume.counters.fast_path_hit();

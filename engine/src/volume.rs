@@ -782,26 +782,19 @@ impl Volume {
         self.stamp_if_fow(lba, blocks).await?;
         let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
         let io = self.host_io(&map, lba, blocks);
-        let (failures, tag) = blocking(move || {
-            let _map = map;
-            Ok(io.apply(&targets, Some(&data), fua))
-        })
-        .await?;
+        drop(map);
+        let (failures, tag) = blocking(move || Ok(io.apply(&targets, Some(&data), fua))).await?;
         self.finish_tag(tag);
         self.complete_write(lba, blocks, failures).await
     }
 
     /// What a host write's downstream I/O needs, detached from `self` so it
     /// can run on a blocking thread.
-    pub(crate) fn host_io(&self, map: &ExtentMap, lba: u64, blocks: u64) -> HostIo {
-        let live = match &self.tags {
-            Some(_) => map.leg_ids(|st| st != LegState::Dead),
-            None => Vec::new(),
-        };
+    pub(crate) fn host_io(&self, map: &Arc<ExtentMap>, lba: u64, blocks: u64) -> HostIo {
         HostIo {
             backends: self.backends(),
             tags: self.tags.clone(),
-            live,
+            map: map.clone(),
             lba,
             blocks,
             bs: self.block_size as u64,
@@ -1348,11 +1341,8 @@ impl Volume {
         self.stamp_if_fow(lba, blocks).await?;
         let (map, targets) = self.resolve(lba, blocks, Route::Write)?;
         let io = self.host_io(&map, lba, blocks);
-        let (failures, tag) = blocking(move || {
-            let _map = map;
-            Ok(io.apply(&targets, None, false))
-        })
-        .await?;
+        drop(map);
+        let (failures, tag) = blocking(move || Ok(io.apply(&targets, None, false))).await?;
         self.finish_tag(tag);
         self.complete_write(lba, blocks, failures).await
     }
@@ -1552,7 +1542,8 @@ pub(crate) type Applied = (Vec<(Target, std::io::Error)>, Option<u64>);
 pub(crate) struct HostIo {
     backends: Arc<Vec<Arc<dyn Backend>>>,
     tags: Option<Arc<Tags>>,
-    live: Vec<usize>,
+    /// The map the I/O resolved through, held until it is done.
+    map: Arc<ExtentMap>,
     lba: u64,
     blocks: u64,
     bs: u64,
@@ -1710,7 +1701,8 @@ impl HostIo {
                 ));
             }
             let batch = tags.take_done();
-            if batch.is_empty() || tags.retire(&batch, &self.live).is_err() {
+            let live: Vec<usize> = self.map.leg_ids(|st| st != LegState::Dead);
+            if batch.is_empty() || tags.retire(&batch, &live).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
