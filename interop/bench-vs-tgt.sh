@@ -88,12 +88,17 @@ TOML
 start_vtgt "$work/vtgt.toml" "$work/vtgt.log"
 vportal=$(echo "$PORTALS" | head -1)
 
-# Fill both LUNs so reads hit allocated blocks, not holes.
+# Fill the LUNs so reads hit allocated blocks, not holes, all the same way:
+# how a file was written decides its page-cache folio sizes, and with them
+# what a 4 KiB buffered write costs the kernel.
 dd if=/dev/urandom of="$work/fill" bs=1M count=64 status=none
-for f in "$work/tgt.img" "$work/vdata/bench.img" "$work/vdata/mirror-0.img" "$work/vdata/mirror-1.img"; do
+fill() { # FILE
     for i in $(seq 0 15); do
-        dd if="$work/fill" of="$f" bs=1M seek=$((i * 64)) conv=notrunc status=none
+        dd if="$work/fill" of="$1" bs=1M seek=$((i * 64)) conv=notrunc status=none
     done
+}
+for f in "$work/tgt.img" "$work/vdata/bench.img" "$work/vdata/mirror-0.img" "$work/vdata/mirror-1.img"; do
+    fill "$f"
 done
 sync
 
@@ -176,24 +181,16 @@ point "4K rand write QD32" IOPS \
     "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
 
 echo "== cost of metrics: vtgt (metrics on) vs a second vtgt with --no-metrics"
-# The same config and a copy of the same filled image, in its own data dir.
-# Filled the same way: how a file was written decides its page-cache folio
-# sizes, and with them what a 4 KiB buffered write costs the kernel.
+# The same config and the same filled image, in its own data dir.
 mkdir -p "$work/qdata"
-for i in $(seq 0 15); do
-    dd if="$work/fill" of="$work/qdata/bench.img" bs=1M seek=$((i * 64)) conv=notrunc status=none
-done
+fill "$work/qdata/bench.img"
 sync
 sed -e "s#^data_dir = .*#data_dir = \"$work/qdata\"#" -e '/^\[nvme\]/,/^listen/d' "$work/vtgt.toml" >"$work/quiet.toml"
-"$bin" serve --config "$work/quiet.toml" --no-metrics --nvme-listen 127.0.0.1:0 >"$work/quiet.log" 2>&1 &
-QUIET_PID=$!
-qportal=""
-for _ in $(seq 1 100); do
-    qportal=$(sed -n 's/.*iSCSI portal up listen=\([0-9.:]*\).*/\1/p' "$work/quiet.log" | head -1)
-    [ -n "$qportal" ] && break
-    sleep 0.1
-done
-[ -n "$qportal" ] || { cat "$work/quiet.log" >&2; exit 1; }
+main_pid=$VTGT_PID
+start_vtgt "$work/quiet.toml" "$work/quiet.log" --no-metrics --nvme-listen 127.0.0.1:0
+QUIET_PID=$VTGT_PID
+VTGT_PID=$main_pid
+qportal=$(echo "$PORTALS" | head -1)
 {
     echo
     echo "| point (vtgt iSCSI) | metric | metrics on (median) | --no-metrics (median) | on/off per pair |"

@@ -26,12 +26,14 @@ vtgt_bin() {
     echo "$root/build/debug/vtgt"
 }
 
-# start_vtgt CONFIG LOG: starts vtgt, waits for its portals, sets VTGT_PID
-# and PORTALS (the bound addresses, one per line, in config order).
+# start_vtgt CONFIG LOG [SERVE-ARGS...]: starts vtgt, waits for its portals,
+# sets VTGT_PID and PORTALS (the bound addresses, one per line, in config
+# order).
 start_vtgt() {
     local cfg=$1 log=$2 bin
+    shift 2
     bin=$(vtgt_bin)
-    "$bin" serve --config "$cfg" --metrics-listen "${VTGT_METRICS_LISTEN:-127.0.0.1:0}" >"$log" 2>&1 &
+    "$bin" serve --config "$cfg" --metrics-listen "${VTGT_METRICS_LISTEN:-127.0.0.1:0}" "$@" >"$log" 2>&1 &
     VTGT_PID=$!
     for _ in $(seq 1 100); do
         PORTALS=$(sed -n 's/.*iSCSI portal up listen=\([0-9.:]*\).*/\1/p' "$log")
