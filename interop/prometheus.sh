@@ -36,6 +36,14 @@ name = "$target"
 [[target.lun]]
 id = 0
 volume = "prom"
+[nvme]
+listen = ["127.0.0.1:0"]
+[[subsystem]]
+nqn = "nqn.2026-11.org.vtgt:prom"
+allow_any_host = true
+[[subsystem.namespace]]
+nsid = 1
+volume = "prom"
 TOML
 VTGT_METRICS_LISTEN="127.0.0.1:$mport" start_vtgt "$work/vtgt.toml" "$work/vtgt.log"
 portal=$(echo "$PORTALS" | head -1)
@@ -69,10 +77,22 @@ for _ in $(seq 1 60); do
 done
 [ "$up" = "1" ] || { echo "vtgt scrape target never came up" >&2; cat "$work/prom.log" >&2; exit 1; }
 
-echo "== I/O through vtgt's initiator"
+echo "== I/O through vtgt's initiator, iSCSI and NVMe/TCP"
+nvme_port=$(sed -n 's/.*NVMe\/TCP port up listen=\([0-9.:]*\).*/\1/p' "$work/vtgt.log" | head -1)
+[ -n "$nvme_port" ] || { echo "no NVMe/TCP port in the log" >&2; exit 1; }
 "$bin" bench --portal "$portal" --target "$target" --rw randrw --bs 4k --qd 4 --ios 4000 --verify --json
-# A refused login, so the login-failure series exist.
+rw_ops() { # reads and writes of volume "prom", as a scrape sees them now
+    curl -fsS --max-time 10 "http://127.0.0.1:$mport/metrics" |
+        awk '/^vtgt_volume_ops_total\{volume="prom",op="(read|write)"\}/ { n += $2 } END { print n + 0 }'
+}
+before=$(rw_ops)
+"$bin" bench --protocol nvme --portal "$nvme_port" --target nqn.2026-11.org.vtgt:prom \
+    --rw randrw --bs 4k --qd 4 --ios 4000 --verify --json
+nvme_ops=$(($(rw_ops) - before))
+# A refused login and a refused connect, so the failure series exist.
 "$bin" bench --portal "$portal" --target iqn.2026-11.org.vtgt:nope --ios 1 --json >/dev/null 2>&1 || true
+"$bin" bench --protocol nvme --portal "$nvme_port" --target nqn.2026-11.org.vtgt:nope \
+    --ios 1 --json >/dev/null 2>&1 || true
 # Let rates see a few samples after the I/O.
 sleep 4
 
@@ -124,6 +144,19 @@ done < <(sed -n '/^ *- alert:/,$p' "$root/dashboards/alerts.yml" | awk '
     inexpr && /^ *(for|labels|annotations):/ { inexpr=0 }
     inexpr && !/^ *#/ { gsub(/^ +/, ""); e = e " " $0 }
     END { if (n) print n "\t" e }')
+
+echo "== both front ends recorded into the volume's statistics"
+for proto in iscsi nvme; do
+    check "logins by $proto" "vtgt_logins_total{protocol=\"$proto\",result=\"success\"} > 0" 1
+    check "refused $proto logins" "vtgt_logins_total{protocol=\"$proto\",result!=\"success\"} > 0" 1
+done
+checked=$((checked + 1))
+if [ "$nvme_ops" -ge 4000 ]; then
+    echo "ok   the NVMe bench's 4000 I/Os counted on the volume ($nvme_ops reads and writes)"
+else
+    echo "FAIL the NVMe bench's 4000 I/Os counted on the volume: $nvme_ops"
+    fail=$((fail + 1))
+fi
 
 echo "== promtool"
 promtool check rules "$root/dashboards/alerts.yml"

@@ -36,6 +36,21 @@ struct CpState {
     /// Nexuses denied fast-path I/O whatever their notices (e.g. their
     /// target port is in a standby state).
     blocked: HashSet<NexusId>,
+    /// Notices queued since the LU was created (merged duplicates aside).
+    raised: u64,
+}
+
+/// A snapshot of the control state, for metrics and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    /// Notices waiting to be delivered, over all nexuses.
+    pub pending_notices: usize,
+    /// Notices raised since the LU was created.
+    pub raised_notices: u64,
+    /// Persistent reservation registrations.
+    pub registrations: usize,
+    /// Whether a persistent or SPC-2 reservation is held.
+    pub reserved: bool,
 }
 
 /// Control-path state of one exposed LU.
@@ -152,6 +167,16 @@ impl LuControl {
             .values()
             .map(|q| q.len())
             .sum()
+    }
+
+    pub async fn stats(&self) -> ControlStats {
+        let st = self.state.lock().await;
+        ControlStats {
+            pending_notices: st.notices.values().map(|q| q.len()).sum(),
+            raised_notices: st.raised,
+            registrations: st.pr.keys().len(),
+            reserved: st.pr.reservation().is_some() || st.pr.legacy_holder().is_some(),
+        }
     }
 
     /// Drops every pending notice of `nexus`.
@@ -311,6 +336,7 @@ fn push(st: &mut CpState, nexus: NexusId, notice: Notice) {
         q.pop_front();
     }
     q.push_back(notice);
+    st.raised += 1;
 }
 
 #[cfg(test)]
@@ -320,6 +346,41 @@ mod tests {
     use crate::fastpath::IoKind;
     use crate::fault::FaultReason;
     use crate::volume::Volume;
+
+    #[tokio::test]
+    async fn stats_count_raised_notices_and_reservations() {
+        use crate::reservation::PrType;
+        let v = Volume::simple("s", Arc::new(MemBackend::new(8 * 512).unwrap()), 512);
+        let cp = LuControl::new(Exposure::new(v));
+        for n in 1..=3 {
+            cp.identify(n, ItNexus::new(&format!("host-{n}"), 0)).await;
+        }
+        cp.raise_all(Notice::CapacityChanged, Some(1)).await;
+        // A duplicate merges with the pending one and is not counted.
+        cp.raise(2, Notice::CapacityChanged).await;
+        cp.raise(2, Notice::ModeParametersChanged).await;
+        let s = cp.stats().await;
+        assert_eq!((s.pending_notices, s.raised_notices), (3, 3));
+        assert_eq!(cp.take(2).await, Some(Notice::CapacityChanged));
+        let s = cp.stats().await;
+        assert_eq!((s.pending_notices, s.raised_notices), (2, 3));
+        assert!(!s.reserved);
+        let reg = PrRequest::Register {
+            key: 0,
+            new_key: 7,
+            ignore_existing: false,
+            all_ports: false,
+            aptpl: false,
+            also: vec![],
+        };
+        cp.reservation_out(1, reg).await.unwrap();
+        let kind = PrType::WriteExclusive;
+        cp.reservation_out(1, PrRequest::Reserve { key: 7, kind })
+            .await
+            .unwrap();
+        let s = cp.stats().await;
+        assert_eq!((s.registrations, s.reserved), (1, true));
+    }
 
     #[tokio::test]
     async fn request_built_under_the_lock_and_persist_alone() {

@@ -24,7 +24,7 @@ pub mod volume;
 pub mod wjournal;
 
 pub use backend::{Backend, FaultyBackend, FileBackend, MemBackend};
-pub use control::{LuControl, Notice};
+pub use control::{ControlStats, LuControl, Notice};
 pub use error::EngineError;
 pub use extent::LegState;
 pub use fastpath::{Access, AccessState, Admission, Exposure, IoKind};

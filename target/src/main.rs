@@ -288,8 +288,8 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let socket = admin_socket.unwrap_or_else(|| vtgt::admin::default_socket(&cfg.data_dir));
     if let Some(listen) = metrics_listen {
-        vtgt::metrics::install(listen)?;
-        info!(%listen, "metrics up");
+        let bound = vtgt::metrics::install(listen)?;
+        info!(listen = %bound, "metrics up");
     }
     let server = Arc::new(Server::start(cfg).await?);
     if metrics_listen.is_some() {

@@ -680,16 +680,18 @@ impl Conn {
             };
             let res = match lu {
                 Some(lu) => {
-                    let start = std::time::Instant::now();
-                    let op = crate::metrics::OpClass::of_cdb(&cdb);
+                    let start = crate::metrics::enabled().then(std::time::Instant::now);
                     let res = scsi::execute(&lu, cmd).await;
-                    let bytes = match op {
-                        crate::metrics::OpClass::Read => res.data_in.len() as u64,
-                        crate::metrics::OpClass::Write => res.data_out_len.unwrap_or(0) as u64,
-                        _ => 0,
-                    };
-                    lu.metrics
-                        .record(op, bytes, start.elapsed(), res.status == scsi::status::GOOD);
+                    if let Some(start) = start {
+                        let op = crate::metrics::OpClass::of_cdb(&cdb);
+                        let bytes = match op {
+                            crate::metrics::OpClass::Read => res.data_in.len() as u64,
+                            crate::metrics::OpClass::Write => res.data_out_len.unwrap_or(0) as u64,
+                            _ => 0,
+                        };
+                        let ok = res.status == scsi::status::GOOD;
+                        lu.metrics.record(op, bytes, start.elapsed(), ok);
+                    }
                     res
                 }
                 None => scsi::execute_no_lu(&cmd),

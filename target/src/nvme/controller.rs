@@ -3,7 +3,7 @@
 //! must name it. Holds the controller registers (CC/CSTS), the keep-alive
 //! timer, asynchronous events, features and the error log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +86,8 @@ pub struct Controller {
     /// I/O queues granted by Set Features (Number of Queues).
     pub io_queues: AtomicU16,
     connected: Mutex<HashMap<u16, CancellationToken>>,
+    /// Each connected I/O queue's commands in flight, by QID.
+    io_inflight: Mutex<HashMap<u16, Arc<Mutex<HashSet<u16>>>>>,
     pub vwc: AtomicBool,
     /// Reservation Notification Mask per NSID (unset: nothing masked).
     pub resv_mask: Mutex<HashMap<u32, u32>>,
@@ -301,6 +303,7 @@ impl Controller {
         for (_, t) in self.connected.lock().drain() {
             t.cancel();
         }
+        self.io_inflight.lock().clear();
         let mut a = self.aer.lock();
         a.cids.clear();
         a.pending.clear();
@@ -308,6 +311,21 @@ impl Controller {
 
     pub fn remove_io_queue(&self, qid: u16) {
         self.connected.lock().remove(&qid);
+        self.io_inflight.lock().remove(&qid);
+    }
+
+    /// Counts a connected I/O queue's commands in [`Self::in_flight`].
+    pub fn track_io_queue(&self, qid: u16, inflight: Arc<Mutex<HashSet<u16>>>) {
+        self.io_inflight.lock().insert(qid, inflight);
+    }
+
+    /// Commands received on the I/O queues and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.io_inflight
+            .lock()
+            .values()
+            .map(|q| q.lock().len())
+            .sum()
     }
 
     /// Takes engine notices for this host's nexus and turns the ones NVMe
@@ -410,8 +428,30 @@ fn parse_data(data: &[u8]) -> Result<ConnectData, ConnectError> {
 }
 
 /// Admin-queue Connect: checks the subsystem and host, allocates a
-/// controller and starts its watchdog.
+/// controller and starts its watchdog. Counted in the login metrics by
+/// result, under the subsystem's NQN when it exists.
 pub async fn connect_admin(
+    shared: &Arc<NvmeShared>,
+    cmd: &ConnectCmd,
+    data: &[u8],
+) -> Result<Arc<Controller>, ConnectError> {
+    let res = admit(shared, cmd, data).await;
+    let subsys = ConnectData::parse(data)
+        .ok()
+        .and_then(|d| shared.subsystem(&d.subnqn));
+    let result = match &res {
+        Ok(_) => "success",
+        Err((s, _)) if *s == Status::specific(sc::CONNECT_INVALID_HOST) => "not_authorized",
+        Err(_) if subsys.is_none() => "not_found",
+        Err((s, _)) if *s == Status::specific(sc::CONNECT_CTRL_BUSY) => "target_error",
+        Err(_) => "initiator_error",
+    };
+    let target = subsys.as_ref().map_or("unknown", |s| s.nqn.as_str());
+    crate::metrics::login("nvme", target, result);
+    res
+}
+
+async fn admit(
     shared: &Arc<NvmeShared>,
     cmd: &ConnectCmd,
     data: &[u8],
@@ -455,6 +495,7 @@ pub async fn connect_admin(
         admin: Mutex::new(None),
         io_queues: AtomicU16::new(MAX_IO_QUEUES),
         connected: Mutex::new(HashMap::new()),
+        io_inflight: Mutex::new(HashMap::new()),
         vwc: AtomicBool::new(true),
         resv_mask: Mutex::new(HashMap::new()),
         errors: Mutex::new(VecDeque::new()),
@@ -539,6 +580,7 @@ async fn watchdog(shared: Arc<NvmeShared>, ctrl: Arc<Controller>) {
         let kato = ctrl.kato();
         if !kato.is_zero() && ctrl.last_traffic.lock().elapsed() > kato {
             warn!(cntlid = ctrl.cntlid, host = %ctrl.hostnqn, "keep-alive timeout");
+            crate::metrics::keep_alive_timeout(&ctrl.subsys.nqn);
             shared
                 .controllers
                 .teardown(ctrl.cntlid, "keep-alive timeout");

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use vtgt_engine::{EngineError, IoKind};
@@ -14,6 +15,7 @@ use vtgt_protocol::nvme::command::{nvm, sc, DsmRange, Sqe, Status};
 use super::controller::Controller;
 use super::queue::Reply;
 use super::{pr, Namespace, MAX_IO_BYTES};
+use crate::metrics::OpClass;
 
 fn engine_status(e: &EngineError, write: bool) -> Status {
     match e {
@@ -40,8 +42,8 @@ fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
         .ok_or(Status::generic(sc::INVALID_NS))
 }
 
-fn resolve(ctrl: &Controller, sqe: &Sqe) -> Result<Rw, Status> {
-    let ns = namespace(ctrl, sqe.nsid())?;
+fn resolve(ns: Option<&Arc<Namespace>>, sqe: &Sqe) -> Result<Rw, Status> {
+    let ns = ns.cloned().ok_or(Status::generic(sc::INVALID_NS))?;
     let nlb = sqe.nlb() as u64;
     let bytes = nlb * ns.entry.volume.block_size() as u64;
     Ok(Rw {
@@ -56,7 +58,21 @@ pub async fn execute(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) 
     if !ctrl.enabled() {
         return Reply::status(Status::generic(sc::CMD_SEQ_ERROR));
     }
-    match run(ctrl, sqe, data, xfer).await {
+    // Looked up once: the command runs on it and its metrics go to it.
+    let ns = ctrl.subsys.namespace(sqe.nsid());
+    let start = (ns.is_some() && crate::metrics::enabled()).then(Instant::now);
+    let res = run(ctrl, sqe, ns.as_ref(), data, xfer).await;
+    if let (Some(ns), Some(start)) = (&ns, start) {
+        let op = OpClass::of_nvm(sqe.opcode());
+        let bytes = match op {
+            OpClass::Read | OpClass::Write if res.is_ok() => {
+                sqe.nlb() as u64 * ns.entry.volume.block_size() as u64
+            }
+            _ => 0,
+        };
+        ns.metrics.record(op, bytes, start.elapsed(), res.is_ok());
+    }
+    match res {
         Ok(r) => r,
         Err(s) => {
             if s.sct == 2 {
@@ -67,10 +83,17 @@ pub async fn execute(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) 
     }
 }
 
-async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Result<Reply, Status> {
+async fn run(
+    ctrl: &Arc<Controller>,
+    sqe: &Sqe,
+    ns: Option<&Arc<Namespace>>,
+    data: Bytes,
+    xfer: u32,
+) -> Result<Reply, Status> {
+    let this_ns = || ns.cloned().ok_or(Status::generic(sc::INVALID_NS));
     match sqe.opcode() {
         nvm::READ => {
-            let rw = resolve(ctrl, sqe)?;
+            let rw = resolve(ns, sqe)?;
             if rw.bytes > MAX_IO_BYTES as u64 {
                 return Err(Status::generic(sc::INVALID_FIELD));
             }
@@ -83,7 +106,7 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             Ok(Reply::data(d))
         }
         nvm::WRITE => {
-            let rw = resolve(ctrl, sqe)?;
+            let rw = resolve(ns, sqe)?;
             if data.len() as u64 != rw.bytes {
                 return Err(Status::generic(sc::SGL_INVALID_DATA_LEN));
             }
@@ -97,7 +120,7 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             let targets: Vec<Arc<Namespace>> = if nsid == u32::MAX {
                 ctrl.subsys.namespaces().values().cloned().collect()
             } else {
-                vec![namespace(ctrl, nsid)?]
+                vec![this_ns()?]
             };
             // Flush belongs to the write command group (as in Linux nvmet).
             for ns in &targets {
@@ -113,7 +136,7 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             Ok(Reply::ok())
         }
         nvm::WRITE_ZEROES => {
-            let rw = resolve(ctrl, sqe)?;
+            let rw = resolve(ns, sqe)?;
             let v = &rw.ns.entry.volume;
             v.check_range(rw.slba, rw.nlb)
                 .map_err(|e| engine_status(&e, true))?;
@@ -142,7 +165,7 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             Ok(Reply::ok())
         }
         nvm::DSM => {
-            let ns = namespace(ctrl, sqe.nsid())?;
+            let ns = this_ns()?;
             let nr = (sqe.dw(10) & 0xff) as usize + 1;
             let ranges =
                 DsmRange::parse_all(&data, nr).ok_or(Status::generic(sc::SGL_INVALID_DATA_LEN))?;
@@ -164,12 +187,12 @@ async fn run(ctrl: &Arc<Controller>, sqe: &Sqe, data: Bytes, xfer: u32) -> Resul
             Ok(Reply::ok())
         }
         nvm::COMPARE => {
-            let rw = resolve(ctrl, sqe)?;
+            let rw = resolve(ns, sqe)?;
             compare(ctrl, &rw, &data).await?;
             Ok(Reply::ok())
         }
         nvm::RESV_REGISTER | nvm::RESV_REPORT | nvm::RESV_ACQUIRE | nvm::RESV_RELEASE => {
-            let ns = namespace(ctrl, sqe.nsid())?;
+            let ns = this_ns()?;
             control_notices(ctrl).await;
             pr::execute(ctrl, &ns, sqe, &data, xfer).await
         }
@@ -212,10 +235,31 @@ pub async fn fused(
     {
         return (Status::generic(sc::INVALID_FIELD), aborted);
     }
-    let (c, w) = match (resolve(ctrl, first), resolve(ctrl, second)) {
+    let ns = namespace(ctrl, first.nsid()).ok();
+    let (c, w) = match (resolve(ns.as_ref(), first), resolve(ns.as_ref(), second)) {
         (Ok(c), Ok(w)) => (c, w),
         (Err(s), _) | (_, Err(s)) => return (s, aborted),
     };
+    let start = crate::metrics::enabled().then(Instant::now);
+    let (a, b) = compare_and_write(ctrl, &c, fdata, second, &w, sdata).await;
+    if let Some(start) = start {
+        let ok = a == Status::SUCCESS && b == Status::SUCCESS;
+        let bytes = if ok { w.bytes } else { 0 };
+        c.ns.metrics
+            .record(OpClass::Write, bytes, start.elapsed(), ok);
+    }
+    (a, b)
+}
+
+async fn compare_and_write(
+    ctrl: &Arc<Controller>,
+    c: &Rw,
+    fdata: Bytes,
+    second: &Sqe,
+    w: &Rw,
+    sdata: Bytes,
+) -> (Status, Status) {
+    let aborted = Status::generic(sc::ABORT_FAILED_FUSED);
     if sdata.len() as u64 != w.bytes {
         return (Status::generic(sc::SGL_INVALID_DATA_LEN), aborted);
     }

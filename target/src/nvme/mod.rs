@@ -47,6 +47,8 @@ pub const C2H_CHUNK: usize = 64 * 1024;
 pub struct Namespace {
     pub nsid: u32,
     pub entry: VolumeEntry,
+    /// The volume's command statistics, shared with its LUs.
+    pub metrics: Arc<crate::metrics::VolumeMetrics>,
 }
 
 impl Namespace {
@@ -253,6 +255,7 @@ pub fn build_namespaces(
             Arc::new(Namespace {
                 nsid: n.nsid,
                 entry: entry.clone(),
+                metrics: crate::metrics::VolumeMetrics::new(entry.volume.name()),
             })
         });
         out.insert(n.nsid, ns);

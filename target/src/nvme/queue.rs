@@ -439,11 +439,17 @@ impl Queue {
                     Ok(p) => self.dispatch(p).await,
                     Err(ReadError::Closed) => Flow::Close,
                     Err(ReadError::Frame(FrameError::Fatal { fes, fei, header })) => {
+                        if fes == fes::HEADER_DIGEST_ERROR {
+                            crate::metrics::digest_error("nvme", "header");
+                        }
                         self.fatal(fes, fei, header).await
                     }
                     // A corrupted data part cannot be recovered on TCP: drop
                     // the connection as nvmet does.
-                    Err(ReadError::Frame(FrameError::DataDigest { .. })) => Flow::Close,
+                    Err(ReadError::Frame(FrameError::DataDigest { .. })) => {
+                        crate::metrics::digest_error("nvme", "data");
+                        Flow::Close
+                    }
                 },
                 _ = kill.cancelled() => Flow::Close,
                 _ = self.shared.shutdown.cancelled() => Flow::Close,
@@ -716,6 +722,8 @@ impl Queue {
                         };
                         if cmd.qid == 0 {
                             ctrl.set_admin(resp.clone());
+                        } else {
+                            ctrl.track_io_queue(cmd.qid, self.inflight.clone());
                         }
                         self.resp = Some(resp.clone());
                         let cntlid = ctrl.cntlid;

@@ -1,66 +1,62 @@
-//! Prometheus metrics (`metrics` crate, served by
-//! metrics-exporter-prometheus on `--metrics-listen`).
+//! Prometheus metrics (`metrics` crate, rendered by
+//! metrics-exporter-prometheus and served on `--metrics-listen`).
 //!
-//! Per-I/O recording goes through handles resolved once per volume, so the
-//! hot path does atomic adds only: no lookups, locks or allocation. Engine
-//! counters that are already atomics are copied into metrics once a second.
+//! Per-command statistics go to per-thread shards (`volume.rs`), so the
+//! hot path does a few uncontended atomic adds: no lookups, locks or
+//! allocation. Engine counters that are already atomics are copied into
+//! metrics once a second.
+
+mod http;
+mod volume;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics::{Counter, Histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use vtgt_engine::FaultReason;
+
+pub use volume::{enabled, OpClass, VolumeMetrics, LATENCY_BUCKETS};
 
 use crate::server::Server;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
 
-/// Latency buckets, in seconds: 25 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 10.0,
-];
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the global recorder and its HTTP listener. Call once.
-pub fn install(listen: SocketAddr) -> Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .context("histogram buckets")?
-        .install()
+/// Installs the global recorder, turns per-volume recording on and serves
+/// `/metrics` on `listen` (from the current tokio runtime). Call once.
+/// Returns the bound address.
+pub fn install(listen: SocketAddr) -> Result<SocketAddr> {
+    let sock = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot serve metrics on {listen}"))?;
+    sock.set_nonblocking(true)?;
+    let bound = sock.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(sock)?;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    let _ = HANDLE.set(handle.clone());
     describe();
     gauge!(
         "vtgt_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
     )
     .set(1.0);
-    Ok(())
+    volume::enable();
+    tokio::spawn(http::serve(listener, handle));
+    Ok(bound)
+}
+
+/// The exposition a scrape would get now, once [`install`] has run.
+pub fn render() -> Option<String> {
+    HANDLE.get().map(http::render)
 }
 
 fn describe() {
-    describe_counter!(
-        "vtgt_volume_ops_total",
-        "Commands completed per volume, by operation."
-    );
-    describe_counter!(
-        "vtgt_volume_bytes_total",
-        Unit::Bytes,
-        "Bytes read or written per volume."
-    );
-    describe_histogram!(
-        "vtgt_volume_op_duration_seconds",
-        Unit::Seconds,
-        "Command latency per volume and operation, measured at the target."
-    );
-    describe_counter!(
-        "vtgt_volume_errors_total",
-        "Commands that ended with a non-GOOD status, per volume."
-    );
     describe_counter!(
         "vtgt_fastpath_ios_total",
         "Reads and writes completed on the fast path, per volume."
@@ -71,15 +67,31 @@ fn describe() {
     );
     describe_gauge!(
         "vtgt_sessions",
-        "Connected sessions, per protocol and target."
+        "Connected iSCSI sessions or NVMe controllers, per protocol and target (NVMe: subsystem)."
     );
     describe_counter!(
         "vtgt_logins_total",
-        "Login attempts by protocol, target and result."
+        "iSCSI logins and NVMe admin-queue connects, by protocol, target and result."
     );
     describe_counter!(
         "vtgt_digest_errors_total",
         "PDUs received with a bad header or data digest."
+    );
+    describe_counter!(
+        "vtgt_nvme_keep_alive_timeouts_total",
+        "NVMe controllers torn down because the host went silent past KATO, per subsystem."
+    );
+    describe_gauge!(
+        "vtgt_reservations_held",
+        "1 if a persistent (or SPC-2) reservation is held on the volume, else 0."
+    );
+    describe_gauge!(
+        "vtgt_reservation_registrations",
+        "Persistent reservation registrations on the volume."
+    );
+    describe_counter!(
+        "vtgt_unit_attentions_total",
+        "Unit attentions (NVMe: asynchronous event notices) raised, per volume."
     );
     describe_gauge!(
         "vtgt_commands_in_flight",
@@ -142,92 +154,6 @@ fn describe() {
     );
 }
 
-/// Operation classes for per-volume metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpClass {
-    Read,
-    Write,
-    Unmap,
-    Flush,
-    Other,
-}
-
-impl OpClass {
-    /// Classifies a SCSI CDB by its opcode.
-    pub fn of_cdb(cdb: &[u8]) -> Self {
-        match cdb.first().copied().unwrap_or(0) {
-            0x08 | 0x28 | 0xa8 | 0x88 => OpClass::Read,
-            0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x89 | 0x8b | 0x9c => OpClass::Write,
-            0x42 | 0x41 | 0x93 => OpClass::Unmap,
-            0x35 | 0x91 => OpClass::Flush,
-            _ => OpClass::Other,
-        }
-    }
-}
-
-struct OpHandles {
-    ops: Counter,
-    bytes: Counter,
-    latency: Histogram,
-}
-
-impl OpHandles {
-    fn new(volume: &str, op: &'static str) -> Self {
-        Self {
-            ops: counter!("vtgt_volume_ops_total", "volume" => volume.to_string(), "op" => op),
-            bytes: counter!("vtgt_volume_bytes_total", "volume" => volume.to_string(), "op" => op),
-            latency: histogram!("vtgt_volume_op_duration_seconds", "volume" => volume.to_string(), "op" => op),
-        }
-    }
-}
-
-/// Handles for one volume, resolved once.
-pub struct VolumeMetrics {
-    read: OpHandles,
-    write: OpHandles,
-    unmap: OpHandles,
-    flush: OpHandles,
-    other: OpHandles,
-    errors: Counter,
-}
-
-impl std::fmt::Debug for VolumeMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("VolumeMetrics")
-    }
-}
-
-impl VolumeMetrics {
-    pub fn new(volume: &str) -> Arc<Self> {
-        Arc::new(Self {
-            read: OpHandles::new(volume, "read"),
-            write: OpHandles::new(volume, "write"),
-            unmap: OpHandles::new(volume, "unmap"),
-            flush: OpHandles::new(volume, "flush"),
-            other: OpHandles::new(volume, "other"),
-            errors: counter!("vtgt_volume_errors_total", "volume" => volume.to_string()),
-        })
-    }
-
-    pub fn record(&self, op: OpClass, bytes: u64, elapsed: Duration, ok: bool) {
-        let h = match op {
-            OpClass::Read => &self.read,
-            OpClass::Write => &self.write,
-            OpClass::Unmap => &self.unmap,
-            OpClass::Flush => &self.flush,
-            OpClass::Other => &self.other,
-        };
-        h.ops.increment(1);
-        if bytes > 0 {
-            h.bytes.increment(bytes);
-        }
-        h.latency.record(elapsed.as_secs_f64());
-        if !ok {
-            self.errors.increment(1);
-        }
-    }
-}
-
 /// A login attempt's outcome, with a bounded set of result labels.
 pub fn login(protocol: &'static str, target: &str, result: &'static str) {
     counter!("vtgt_logins_total", "protocol" => protocol, "target" => target.to_string(), "result" => result)
@@ -238,12 +164,21 @@ pub fn digest_error(protocol: &'static str, kind: &'static str) {
     counter!("vtgt_digest_errors_total", "protocol" => protocol, "kind" => kind).increment(1);
 }
 
+pub fn keep_alive_timeout(subsystem: &str) {
+    counter!("vtgt_nvme_keep_alive_timeouts_total", "subsystem" => subsystem.to_string())
+        .increment(1);
+}
+
 /// Copies engine counters and session state into metrics once a second.
 pub fn spawn_exporter(server: Arc<Server>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            volume::drain_all();
+            if let Some(h) = HANDLE.get() {
+                h.run_upkeep();
+            }
             export(&server).await;
         }
     });
@@ -260,8 +195,18 @@ async fn export(server: &Server) {
         }
         gauge!("vtgt_volume_size_bytes", "volume" => name.clone())
             .set((v.num_blocks() * v.block_size() as u64) as f64);
+        let cs = e.control.stats().await;
         gauge!("vtgt_pending_unit_attentions", "volume" => name.clone())
-            .set(e.control.pending_notices().await as f64);
+            .set(cs.pending_notices as f64);
+        counter!("vtgt_unit_attentions_total", "volume" => name.clone())
+            .absolute(cs.raised_notices);
+        gauge!("vtgt_reservations_held", "volume" => name.clone()).set(if cs.reserved {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("vtgt_reservation_registrations", "volume" => name.clone())
+            .set(cs.registrations as f64);
         // Engine state. A plain volume has one live leg per backend; a
         // mirrored one reports its mirror legs by id (up = serving reads) and
         // its generation and resync progress.
@@ -324,6 +269,21 @@ async fn export(server: &Server) {
     }
     gauge!("vtgt_sessions", "protocol" => "iscsi", "target" => "discovery")
         .set(sessions.iter().filter(|s| s.discovery).count() as f64);
+    let ctrls = server.nvme.controllers.all();
+    for sub in server.nvme.subsystems.load().iter() {
+        let mine: Vec<_> = ctrls
+            .iter()
+            .filter(|c| Arc::ptr_eq(&c.subsys, sub))
+            .collect();
+        gauge!("vtgt_sessions", "protocol" => "nvme", "target" => sub.nqn.clone())
+            .set(mine.len() as f64);
+        let inflight: usize = mine.iter().map(|c| c.in_flight()).sum();
+        gauge!("vtgt_commands_in_flight", "protocol" => "nvme", "target" => sub.nqn.clone())
+            .set(inflight as f64);
+        // Present from the start, so a first timeout shows as an increase.
+        counter!("vtgt_nvme_keep_alive_timeouts_total", "subsystem" => sub.nqn.clone())
+            .increment(0);
+    }
 }
 
 /// The total and done gauges of a volume's long operation (zero when none
