@@ -111,6 +111,14 @@ bench() { # PORTAL TARGET LUN ARGS... -> JSON
     shift 3
     "$bin" bench --portal "$portal" --target "$target" --lun "$lun" --duration "${secs}s" --json "$@" 2>/dev/null
 }
+cpu_per_command() { # PID URL -> microseconds of the target's CPU per 4 KiB read at QD 32
+    local t0 t1 iops
+    t0=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    iops=$(perf_iops "$2" 32)
+    t1=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$iops" -v s="$secs" \
+        'BEGIN { printf "%.2f", (n > 0) ? d / hz * 1e6 / (n * s) : 0 }'
+}
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 report="$work/report.md"
@@ -121,9 +129,15 @@ report="$work/report.md"
 
 point() { # NAME METRIC VCMD TCMD (commands print one number)
     local name=$1 metric=$2 vcmd=$3 tcmd=$4 v t vs=() ts=() ratios=()
-    for _ in $(seq 1 "$pairs"); do
-        v=$(eval "$vcmd")
-        t=$(eval "$tcmd")
+    for i in $(seq 1 "$pairs"); do
+        # Alternate which side goes first, so drift favours neither.
+        if [ $((i % 2)) -eq 1 ]; then
+            v=$(eval "$vcmd")
+            t=$(eval "$tcmd")
+        else
+            t=$(eval "$tcmd")
+            v=$(eval "$vcmd")
+        fi
         vs+=("$v")
         ts+=("$t")
         ratios+=("$(awk -v a="$v" -v b="$t" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')")
@@ -180,41 +194,59 @@ point "4K rand write QD32" IOPS \
     "bench $vportal $vt 1 --rw randwrite --bs 4k --qd 32 | jq .iops" \
     "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
 
-echo "== cost of metrics: vtgt (metrics on) vs a second vtgt with --no-metrics"
-# The same config and the same filled image, in its own data dir.
-mkdir -p "$work/qdata"
-fill "$work/qdata/bench.img"
+echo "== cost of metrics: two fresh vtgts, the same config, one with --no-metrics"
+# Fresh and alike, so nothing but recording differs: the same one-volume
+# config, each over its own copy of the same filled image.
+stop_vtgt
+for side in on off; do
+    mkdir -p "$work/m-$side"
+    fill "$work/m-$side/bench.img"
+    cat >"$work/m-$side.toml" <<TOML
+data_dir = "$work/m-$side"
+[[iscsi.portals]]
+listen = "127.0.0.1:0"
+[[volume]]
+name = "bench"
+backend = "file"
+path = "bench.img"
+size = "1GiB"
+[[target]]
+name = "$vt"
+[[target.lun]]
+id = 0
+volume = "bench"
+TOML
+done
 sync
-sed -e "s#^data_dir = .*#data_dir = \"$work/qdata\"#" -e '/^\[nvme\]/,/^listen/d' "$work/vtgt.toml" >"$work/quiet.toml"
-main_pid=$VTGT_PID
-start_vtgt "$work/quiet.toml" "$work/quiet.log" --no-metrics --nvme-listen 127.0.0.1:0
+start_vtgt "$work/m-off.toml" "$work/m-off.log" --no-metrics --nvme-listen 127.0.0.1:0
 QUIET_PID=$VTGT_PID
-VTGT_PID=$main_pid
 qportal=$(echo "$PORTALS" | head -1)
+start_vtgt "$work/m-on.toml" "$work/m-on.log" --nvme-listen 127.0.0.1:0
+oportal=$(echo "$PORTALS" | head -1)
 {
     echo
     echo "| point (vtgt iSCSI) | metric | metrics on (median) | --no-metrics (median) | on/off per pair |"
     echo "|---|---|---|---|---|"
 } >>"$report"
-point "4K rand read QD32 (iscsi-perf)" IOPS "perf_iops $vurl 32" "perf_iops iscsi://$qportal/$vt/0 32"
+# IOPS on two cores move with the client's scheduling; the CPU time each
+# target spends per command moves less.
+point "4K rand read QD32 (iscsi-perf)" "CPU us/command" \
+    "cpu_per_command $VTGT_PID iscsi://$oportal/$vt/0" "cpu_per_command $QUIET_PID iscsi://$qportal/$vt/0"
+point "4K rand read QD32 (iscsi-perf)" IOPS \
+    "perf_iops iscsi://$oportal/$vt/0 32" "perf_iops iscsi://$qportal/$vt/0 32"
 point "4K rand write QD32" IOPS \
-    "bench $vportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops" \
+    "bench $oportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops" \
     "bench $qportal $vt 0 --rw randwrite --bs 4k --qd 32 | jq .iops"
 kill "$QUIET_PID" 2>/dev/null || true
 QUIET_PID=""
 # A bound that noise cannot blur: what recording costs per command against
 # the CPU time vtgt spends per command.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$VTGT_PID/stat"; }
-t0=$(cpu_ticks)
-iops=$(perf_iops "$vurl" 32)
-t1=$(cpu_ticks)
-cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$iops" -v s="$secs" \
-    'BEGIN { printf "%.1f", (n > 0) ? d / hz * 1e6 / (n * s) : 0 }')
+cpu_us=$(cpu_per_command "$VTGT_PID" "iscsi://$oportal/$vt/0")
 rec=$(cd "$root" && cargo bench -q -p vtgt --bench metrics_cost 2>/dev/null | tail -1)
 rec_ns=$(echo "$rec" | sed -n 's/.*: \([0-9.]*\) ns of recording.*/\1/p')
 {
     echo
-    echo "vtgt CPU per 4 KiB read at QD 32: $cpu_us us ($iops IOPS). $rec"
+    echo "vtgt CPU per 4 KiB read at QD 32: $cpu_us us. $rec"
     awk -v r="${rec_ns:-0}" -v c="$cpu_us" 'BEGIN { if (c > 0) printf "Recording metrics: %.2f %% of vtgt CPU per command.\n", r / 1000 / c * 100 }'
 } | tee -a "$report"
 

@@ -27,10 +27,10 @@ fn engine_status(e: &EngineError, write: bool) -> Status {
     }
 }
 
-/// A command's namespace and range. It holds the namespace until the
-/// command completes, so a namespace removed meanwhile finishes it.
-struct Rw {
-    ns: Arc<Namespace>,
+/// A command's namespace and range. The caller holds the namespace until
+/// the command completes, so a namespace removed meanwhile finishes it.
+struct Rw<'a> {
+    ns: &'a Arc<Namespace>,
     slba: u64,
     nlb: u64,
     bytes: u64,
@@ -42,8 +42,8 @@ fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
         .ok_or(Status::generic(sc::INVALID_NS))
 }
 
-fn resolve(ns: Option<&Arc<Namespace>>, sqe: &Sqe) -> Result<Rw, Status> {
-    let ns = ns.cloned().ok_or(Status::generic(sc::INVALID_NS))?;
+fn resolve<'a>(ns: Option<&'a Arc<Namespace>>, sqe: &Sqe) -> Result<Rw<'a>, Status> {
+    let ns = ns.ok_or(Status::generic(sc::INVALID_NS))?;
     let nlb = sqe.nlb() as u64;
     let bytes = nlb * ns.entry.volume.block_size() as u64;
     Ok(Rw {
@@ -141,7 +141,7 @@ async fn run(
             v.check_range(rw.slba, rw.nlb)
                 .map_err(|e| engine_status(&e, true))?;
             control_notices(ctrl).await;
-            pr::check(ctrl, &rw.ns, true).await?;
+            pr::check(ctrl, rw.ns, true).await?;
             // DEAC: deallocate; our volumes read deallocated blocks as
             // zeros, so both forms end the same.
             if sqe.dw(12) & (1 << 25) != 0 {
@@ -200,7 +200,7 @@ async fn run(
     }
 }
 
-async fn compare(ctrl: &Arc<Controller>, rw: &Rw, data: &[u8]) -> Result<(), Status> {
+async fn compare(ctrl: &Arc<Controller>, rw: &Rw<'_>, data: &[u8]) -> Result<(), Status> {
     if data.len() as u64 != rw.bytes || rw.bytes > MAX_IO_BYTES as u64 {
         return Err(Status::generic(sc::SGL_INVALID_DATA_LEN));
     }
@@ -253,10 +253,10 @@ pub async fn fused(
 
 async fn compare_and_write(
     ctrl: &Arc<Controller>,
-    c: &Rw,
+    c: &Rw<'_>,
     fdata: Bytes,
     second: &Sqe,
-    w: &Rw,
+    w: &Rw<'_>,
     sdata: Bytes,
 ) -> (Status, Status) {
     let aborted = Status::generic(sc::ABORT_FAILED_FUSED);
@@ -273,7 +273,7 @@ async fn compare_and_write(
     control_notices(ctrl).await;
     // The write half needs write access; a host without it fails the
     // compare half too, so nothing is read for it.
-    if let Err(s) = pr::check(ctrl, &c.ns, true).await {
+    if let Err(s) = pr::check(ctrl, c.ns, true).await {
         return (s, aborted);
     }
     let guard = v.lock_exclusive(c.slba, c.nlb).await;
@@ -301,7 +301,7 @@ async fn control_notices(ctrl: &Controller) {
     ctrl.drain_notices().await;
 }
 
-async fn read(ctrl: &Controller, rw: &Rw) -> Result<Bytes, Status> {
+async fn read(ctrl: &Controller, rw: &Rw<'_>) -> Result<Bytes, Status> {
     let e = &rw.ns.entry;
     match e
         .control
@@ -311,7 +311,7 @@ async fn read(ctrl: &Controller, rw: &Rw) -> Result<Bytes, Status> {
         Ok(a) => a.read().await.map_err(|e| engine_status(&e, false)),
         Err(_) => {
             control_notices(ctrl).await;
-            pr::check(ctrl, &rw.ns, false).await?;
+            pr::check(ctrl, rw.ns, false).await?;
             e.volume
                 .read(rw.slba, rw.nlb)
                 .await
@@ -320,7 +320,7 @@ async fn read(ctrl: &Controller, rw: &Rw) -> Result<Bytes, Status> {
     }
 }
 
-async fn write(ctrl: &Controller, rw: &Rw, data: Bytes, fua: bool) -> Result<(), Status> {
+async fn write(ctrl: &Controller, rw: &Rw<'_>, data: Bytes, fua: bool) -> Result<(), Status> {
     let e = &rw.ns.entry;
     // With the volatile write cache off, every write is durable.
     let fua = fua || !ctrl.vwc.load(Ordering::Acquire);
@@ -335,7 +335,7 @@ async fn write(ctrl: &Controller, rw: &Rw, data: Bytes, fua: bool) -> Result<(),
             .map_err(|e| engine_status(&e, true)),
         Err(_) => {
             control_notices(ctrl).await;
-            pr::check(ctrl, &rw.ns, true).await?;
+            pr::check(ctrl, rw.ns, true).await?;
             e.volume
                 .write(rw.slba, data, fua)
                 .await
