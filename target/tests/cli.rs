@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{cdb10, start, start_both, BIN};
+use common::{admin, cdb10, start, start_both, start_with_extra_volume, BIN};
 
 use bytes::Bytes;
 use vtgt_initiator::{DataDir, LoginConfig, Session};
@@ -234,52 +234,11 @@ fn bench_smoke_runs_and_verifies_its_data() {
     );
 }
 
-/// `vtgt admin ARGS` against `socket`: exit code, stdout, stderr.
-fn admin(socket: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(["admin", "--socket", socket])
-        .args(args)
-        .output()
-        .expect("run vtgt admin");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn admin_adds_and_removes_nvme_namespaces() {
     const SUB: &str = "nqn.2026-11.org.vtgt:default";
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
-    let sock = dir.path().join("admin.sock").to_str().unwrap().to_string();
-    let (mut child, _, nvme) = start_both(&[
-        "--data-dir",
-        &data,
-        "--iscsi-listen",
-        "127.0.0.1:0",
-        "--admin-socket",
-        &sock,
-    ]);
-    // The admin socket comes up just after the ports.
-    let t = Instant::now();
-    let add_volume = [
-        "add-volume",
-        "extra",
-        "--size",
-        "4MiB",
-        "--backend",
-        "memory",
-    ];
-    loop {
-        let (code, _, err) = admin(&sock, &add_volume);
-        if code == 0 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "add-volume: {err}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, [_, nvme, _], sock) = start_with_extra_volume(dir.path());
     let add = [
         "add-namespace",
         "--subsystem",

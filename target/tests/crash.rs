@@ -211,15 +211,7 @@ async fn login(addr: SocketAddr) -> Arc<Session> {
         .expect("login");
     // Clear each LU's power-on unit attention.
     for (lun, _, _) in LUNS {
-        for _ in 0..4 {
-            let r = s
-                .command(lun_field(lun), &[0; 6], DataDir::None, 0, Bytes::new())
-                .await
-                .expect("TEST UNIT READY");
-            if r.status == 0 {
-                break;
-            }
-        }
+        common::settle(&s, lun_field(lun)).await;
     }
     Arc::new(s)
 }

@@ -56,16 +56,7 @@ async fn login(addr: SocketAddr) -> Session {
     // The same initiator port after the restart.
     cfg.isid = ISID;
     let s = Session::login(addr, cfg).await.expect("login");
-    // Clear a power-on unit attention, if any.
-    for _ in 0..4 {
-        let r = s
-            .command(0, &[0; 6], DataDir::None, 0, Bytes::new())
-            .await
-            .expect("TEST UNIT READY");
-        if r.status == 0 {
-            break;
-        }
-    }
+    common::settle(&s, 0).await;
     s
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use vtgt_engine::FaultReason;
 
 pub use volume::{enabled, OpClass, VolumeMetrics, LATENCY_BUCKETS};
@@ -26,6 +27,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How long a gauge the export stopped setting stays in the output.
+const GAUGE_IDLE: Duration = Duration::from_secs(10);
+
 /// Installs the global recorder, turns per-volume recording on and serves
 /// `/metrics` on `listen` (from the current tokio runtime). Call once.
 /// Returns the bound address.
@@ -35,17 +39,17 @@ pub fn install(listen: SocketAddr) -> Result<SocketAddr> {
     sock.set_nonblocking(true)?;
     let bound = sock.local_addr()?;
     let listener = tokio::net::TcpListener::from_std(sock)?;
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Gauges are all set by the once-a-second export, so one not set for a
+    // while belongs to something gone (a removed volume, target or mirror
+    // leg): drop it rather than report its last value forever.
+    let recorder = PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     let _ = HANDLE.set(handle.clone());
     describe();
-    gauge!(
-        "vtgt_build_info",
-        "version" => env!("CARGO_PKG_VERSION"),
-    )
-    .set(1.0);
     volume::enable();
     tokio::spawn(http::serve(listener, handle));
     Ok(bound)
@@ -185,6 +189,7 @@ pub fn spawn_exporter(server: Arc<Server>) {
 }
 
 async fn export(server: &Server) {
+    gauge!("vtgt_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for (name, e) in server.volumes().await {
         let v = &e.volume;
         counter!("vtgt_fastpath_ios_total", "volume" => name.clone())
