@@ -115,12 +115,27 @@ impl Volume {
         self: &Arc<Self>,
         journals: Vec<Arc<WriteJournal>>,
     ) -> Result<usize, EngineError> {
-        if journals.len() < 2 {
+        self.open_write_journals_retiring(journals, Vec::new())
+            .await
+    }
+
+    /// [`open_write_journals`](Self::open_write_journals), also replaying
+    /// and emptying `retired`: journals the volume used before and no
+    /// longer will (its configuration dropped them). Their entries are
+    /// ordered with the others'. `journals` may be empty (journaling
+    /// turned off): then nothing is attached.
+    pub async fn open_write_journals_retiring(
+        self: &Arc<Self>,
+        journals: Vec<Arc<WriteJournal>>,
+        retired: Vec<Arc<WriteJournal>>,
+    ) -> Result<usize, EngineError> {
+        if journals.len() == 1 {
             return Err(invalid(
                 "write journaling needs at least two journals (one active, one spare)",
             ));
         }
-        let js = journals.clone();
+        let all: Vec<Arc<WriteJournal>> = journals.iter().chain(&retired).cloned().collect();
+        let js = all.clone();
         let (mut entries, newest): (Vec<JEntry>, Vec<u64>) = blocking(move || {
             let mut all = Vec::new();
             let mut newest = Vec::new();
@@ -145,20 +160,22 @@ impl Volume {
         // Oldest first: a crash part-way leaves only journals whose entries
         // are all newer than those already emptied, so replaying them alone
         // cannot put older data over newer.
-        let mut order: Vec<usize> = (0..journals.len()).collect();
+        let mut order: Vec<usize> = (0..all.len()).collect();
         order.sort_by_key(|&i| newest.get(i).copied().unwrap_or(0));
-        let js = journals.clone();
         blocking(move || {
             for i in order {
-                if let Some(j) = js.get(i) {
+                if let Some(j) = all.get(i) {
                     j.reset()?;
                 }
             }
             Ok(())
         })
         .await?;
-        self.attach_write_journals(journals);
         self.wj.replayed.store(n as u64, Ordering::Relaxed);
+        if journals.is_empty() {
+            return Ok(n);
+        }
+        self.attach_write_journals(journals);
         self.wj.auto_recycle.store(true, Ordering::SeqCst);
         self.spawn_recycler();
         Ok(n)

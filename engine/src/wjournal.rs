@@ -135,6 +135,26 @@ impl WriteJournal {
         Ok(j)
     }
 
+    /// Opens a journal only if `store` already holds one (a valid
+    /// superblock); otherwise leaves the store untouched and returns `None`.
+    pub fn open_existing(store: Arc<dyn Backend>) -> io::Result<Option<Self>> {
+        if store.len() < 2 * ALIGN {
+            return Ok(None);
+        }
+        let probe = Self {
+            store: store.clone(),
+            cur: Mutex::new(Cursor {
+                epoch: 0,
+                at: ALIGN,
+                last_seq: 0,
+            }),
+        };
+        match probe.read_epoch()? {
+            Some(_) => Self::open(store).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn read_epoch(&self) -> io::Result<Option<u64>> {
         let mut sb = [0u8; 16];
         self.store.read_at(0, &mut sb)?;

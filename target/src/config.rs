@@ -135,7 +135,7 @@ impl JournalConfig {
                 self.size
             ));
         }
-        if !(2..=64).contains(&self.count) {
+        if !(2..=MAX_JOURNALS).contains(&self.count) {
             return Err(format!(
                 "count {}: between 2 and 64 (one active journal and spares)",
                 self.count
@@ -149,24 +149,34 @@ impl JournalConfig {
 
     /// The journal files of volume `volume`, under `data_dir`.
     pub fn paths(&self, data_dir: &Path, volume: &str) -> Vec<PathBuf> {
-        let stem = self
-            .file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{volume}.journal")));
-        let stem = if stem.is_absolute() {
-            stem
-        } else {
-            data_dir.join(stem)
-        };
-        (0..self.count)
-            .map(|i| {
-                let mut p = stem.clone().into_os_string();
-                p.push(format!(".{i}"));
-                PathBuf::from(p)
-            })
-            .collect()
+        let stem = journal_stem(self.file.as_deref(), data_dir, volume);
+        (0..self.count).map(|i| journal_path(&stem, i)).collect()
     }
 }
+
+/// Where a volume's journal files are named from: `file`, else
+/// `<volume>.journal`, relative to `data_dir` unless absolute.
+pub fn journal_stem(file: Option<&Path>, data_dir: &Path, volume: &str) -> PathBuf {
+    let stem = file.map_or_else(
+        || PathBuf::from(format!("{volume}.journal")),
+        Path::to_path_buf,
+    );
+    if stem.is_absolute() {
+        stem
+    } else {
+        data_dir.join(stem)
+    }
+}
+
+/// Journal `i` of `stem`: `<stem>.<i>`.
+pub fn journal_path(stem: &Path, i: u32) -> PathBuf {
+    let mut p = stem.as_os_str().to_owned();
+    p.push(format!(".{i}"));
+    PathBuf::from(p)
+}
+
+/// Most journals a volume may have.
+pub const MAX_JOURNALS: u32 = 64;
 
 /// One node of a volume layout: exactly one of `file`, `stripe`, `mirror`,
 /// `concat`. Leaves are backends of the volume's kind; their size is the

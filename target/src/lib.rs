@@ -8,6 +8,7 @@ pub mod config;
 pub mod framing;
 pub mod initiator_cli;
 pub mod iscsi;
+pub mod journal_files;
 pub mod metrics;
 pub mod nvme;
 pub mod scsi;

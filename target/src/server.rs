@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use vtgt_engine::wjournal::WriteJournal;
 use vtgt_engine::{
     Backend, Exposure, FileBackend, LuControl, MemBackend, MigrationLog, Notice, Volume,
 };
@@ -521,15 +520,9 @@ async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Vo
     };
     // Before anything can write: replay what a crash left in the journals
     // (after tag reconciliation, so every mirror leg gets the replay).
-    if let Some(j) = &v.journal {
-        let journals = open_write_journals(cfg, v, j)?;
-        let n = volume
-            .open_write_journals(journals)
-            .await
-            .with_context(|| format!("volume {:?}: write journal replay", v.name))?;
-        if n > 0 {
-            info!(volume = %v.name, entries = n, "write journal replayed");
-        }
+    let n = crate::journal_files::open(cfg, v, &volume).await?;
+    if n > 0 {
+        info!(volume = %v.name, entries = n, "write journal replayed");
     }
     // Atomic writes are journaled next to the data; memory volumes do not
     // survive a crash anyway.
@@ -570,29 +563,6 @@ async fn open_volume(cfg: &Config, v: &crate::config::VolumeConfig) -> Result<Vo
         }
     };
     Ok(VolumeEntry { volume, control })
-}
-
-/// Opens (creating if missing) a volume's write journals: files beside the
-/// data, or memory for memory volumes.
-fn open_write_journals(
-    cfg: &Config,
-    v: &crate::config::VolumeConfig,
-    j: &crate::config::JournalConfig,
-) -> Result<Vec<Arc<WriteJournal>>> {
-    let size = j
-        .check(v.block_size)
-        .map_err(|e| anyhow!("volume {:?}: journal: {e}", v.name))?;
-    j.paths(&cfg.data_dir, &v.name)
-        .into_iter()
-        .map(|p| {
-            let store: Arc<dyn Backend> = match v.backend {
-                BackendKind::Memory => Arc::new(MemBackend::new(size)?),
-                _ => Arc::new(FileBackend::open_or_create(&p, size)?),
-            };
-            Ok(Arc::new(WriteJournal::open(store)?))
-        })
-        .map(|r: std::io::Result<_>| r.with_context(|| format!("volume {:?}: journal", v.name)))
-        .collect()
 }
 
 /// Opens every leaf of a layout as a backend (depth-first, so indices match
