@@ -15,9 +15,12 @@ use bytes::Bytes;
 
 use crate::error::EngineError;
 use crate::fault::FaultReason;
-use crate::wjournal::{AppendError, JEntry, JOp, WriteJournal};
+use crate::wjournal::{AppendError, JEntry, JOp, ReplayMerge, WriteJournal};
 
 use super::{blocking, invalid, Volume};
+
+/// Journal data replay at open holds in memory at a time.
+const REPLAY_BATCH_BYTES: usize = 16 << 20;
 
 /// A volume's journals and their bookkeeping.
 #[derive(Debug)]
@@ -135,26 +138,29 @@ impl Volume {
             ));
         }
         let all: Vec<Arc<WriteJournal>> = journals.iter().chain(&retired).cloned().collect();
-        let js = all.clone();
-        let (mut entries, newest): (Vec<JEntry>, Vec<u64>) = blocking(move || {
-            let mut all = Vec::new();
-            let mut newest = Vec::new();
-            for j in &js {
-                let es = j.replay()?;
-                newest.push(es.iter().map(|e| e.seq).max().unwrap_or(0));
-                all.extend(es);
+        // Merged across journals a batch at a time, so memory stays bounded
+        // however large the journals are.
+        let mut merge = ReplayMerge::new(&all);
+        let mut n = 0;
+        loop {
+            let (m, batch) = blocking(move || {
+                let b = merge.next_batch(REPLAY_BATCH_BYTES)?;
+                Ok((merge, b))
+            })
+            .await?;
+            merge = m;
+            if batch.is_empty() {
+                break;
             }
-            Ok((all, newest))
-        })
-        .await?;
-        entries.sort_by_key(|e| e.seq);
-        let n = entries.len();
-        if n > 0 {
-            tracing::info!(volume = %self.name, entries = n, "replaying the write journal");
+            if n == 0 {
+                tracing::info!(volume = %self.name, "replaying the write journal");
+            }
+            n += batch.len();
+            for e in batch {
+                self.apply_entry(e).await?;
+            }
         }
-        for e in entries {
-            self.apply_entry(e).await?;
-        }
+        let newest = merge.newest;
         // Durable in place before the entries go.
         self.flush().await?;
         // Oldest first: a crash part-way leaves only journals whose entries

@@ -68,13 +68,6 @@ impl JEntry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn stored_bytes(&self) -> u64 {
-        match &self.op {
-            JOp::Write(d) => entry_bytes(d.len()),
-            JOp::Discard(_) => entry_bytes(0),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,11 +117,12 @@ impl WriteJournal {
         };
         match j.read_epoch()? {
             Some(e) => {
-                let entries = j.scan(e)?;
+                let mut pos = ScanPos::new(e);
+                while j.next_entry(&mut pos)?.is_some() {}
                 let mut c = j.cur.lock();
                 c.epoch = e;
-                c.last_seq = entries.last().map_or(0, |x| x.seq);
-                c.at = ALIGN + entries.iter().map(JEntry::stored_bytes).sum::<u64>();
+                c.last_seq = pos.last_seq.unwrap_or(0);
+                c.at = pos.at;
             }
             None => j.write_epoch(1)?,
         }
@@ -296,53 +290,38 @@ impl WriteJournal {
         Ok(())
     }
 
-    /// The complete entries of the current epoch, in order.
+    /// The complete entries of the current epoch, in order, with their
+    /// data. Holds the whole journal in memory: for tests and small
+    /// journals; replay at open uses [`ReplayMerge`].
     pub fn replay(&self) -> io::Result<Vec<JEntry>> {
-        let e = self.cur.lock().epoch;
-        self.scan(e)
-    }
-
-    fn scan(&self, epoch: u64) -> io::Result<Vec<JEntry>> {
-        let mut out: Vec<JEntry> = Vec::new();
-        let mut at = ALIGN;
-        let end = self.store.len();
-        while at + HEADER as u64 <= end {
-            let mut h = [0u8; HEADER];
-            self.store.read_at(at, &mut h)?;
-            let u64at = |i: usize| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&h[i..i + 8]);
-                u64::from_le_bytes(b)
-            };
-            let u32at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-            let (flags, seq, lba, len) = (u32at(4), u64at(16), u64at(24), u64at(32));
-            let discard = flags == FLAG_DISCARD;
-            let stored = if discard { 0 } else { len };
-            if u32at(0) != ENTRY_MAGIC
-                || u64at(8) != epoch
-                || u32at(44) != fnv(&[&h[..44]])
-                || (flags != 0 && !discard)
-                || out.last().is_some_and(|l| seq <= l.seq)
-                || stored > end
-                || at + entry_bytes(stored as usize) > end
-            {
-                break;
-            }
-            let op = if discard {
-                JOp::Discard(len)
-            } else {
-                let mut data = vec![0u8; len as usize];
-                self.store.read_at(at + HEADER as u64, &mut data)?;
-                // Torn data: the tail ends here.
-                if fnv(&[&data]) != u32at(40) {
-                    break;
-                }
-                JOp::Write(data)
-            };
-            at += entry_bytes(stored as usize);
-            out.push(JEntry { seq, lba, op });
+        let mut pos = ScanPos::new(self.cur.lock().epoch);
+        let mut out = Vec::new();
+        while let Some(r) = self.next_entry(&mut pos)? {
+            out.push(self.load(&r)?);
         }
         Ok(out)
+    }
+
+    /// Reads an entry's data (checked against its checksum again).
+    pub fn load(&self, r: &EntryRef) -> io::Result<JEntry> {
+        let op = if r.discard {
+            JOp::Discard(r.len)
+        } else {
+            let mut data = vec![0u8; r.len as usize];
+            self.store.read_at(r.at + HEADER as u64, &mut data)?;
+            if fnv(&[&data]) != r.sum {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("journal entry {} changed while replaying", r.seq),
+                ));
+            }
+            JOp::Write(data)
+        };
+        Ok(JEntry {
+            seq: r.seq,
+            lba: r.lba,
+            op,
+        })
     }
 
     /// Makes every appended entry durable.
@@ -354,6 +333,194 @@ impl WriteJournal {
     pub fn reset(&self) -> io::Result<()> {
         let e = self.cur.lock().epoch;
         self.write_epoch(e + 1)
+    }
+}
+
+/// A complete entry found by a scan, without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRef {
+    pub seq: u64,
+    pub lba: u64,
+    /// Where its header is.
+    at: u64,
+    /// Data bytes, or bytes discarded.
+    len: u64,
+    discard: bool,
+    sum: u32,
+}
+
+/// Bytes of data checksummed per read while scanning.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// Where a scan of a journal stands.
+struct ScanPos {
+    epoch: u64,
+    at: u64,
+    last_seq: Option<u64>,
+    done: bool,
+}
+
+impl ScanPos {
+    fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            at: ALIGN,
+            last_seq: None,
+            done: false,
+        }
+    }
+}
+
+impl WriteJournal {
+    /// The complete entry at `pos`, checking its data in bounded chunks
+    /// without keeping it, and moves past it; `None` from the first torn,
+    /// stale or out-of-order entry on (the tail).
+    fn next_entry(&self, pos: &mut ScanPos) -> io::Result<Option<EntryRef>> {
+        let r = if pos.done { None } else { self.entry_at(pos)? };
+        match &r {
+            Some(e) => {
+                pos.at += entry_bytes(if e.discard { 0 } else { e.len as usize });
+                pos.last_seq = Some(e.seq);
+            }
+            None => pos.done = true,
+        }
+        Ok(r)
+    }
+
+    fn entry_at(&self, pos: &ScanPos) -> io::Result<Option<EntryRef>> {
+        let (at, end) = (pos.at, self.store.len());
+        if at + HEADER as u64 > end {
+            return Ok(None);
+        }
+        let mut h = [0u8; HEADER];
+        self.store.read_at(at, &mut h)?;
+        let u64at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let u32at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let (flags, seq, lba, len) = (u32at(4), u64at(16), u64at(24), u64at(32));
+        let discard = flags == FLAG_DISCARD;
+        let stored = if discard { 0 } else { len };
+        if u32at(0) != ENTRY_MAGIC
+            || u64at(8) != pos.epoch
+            || u32at(44) != fnv(&[&h[..44]])
+            || (flags != 0 && !discard)
+            || pos.last_seq.is_some_and(|l| seq <= l)
+            || stored > end
+            || at + entry_bytes(stored as usize) > end
+        {
+            return Ok(None);
+        }
+        let sum = u32at(40);
+        if !discard {
+            // FNV-1a runs over the data in order, so chunks chain.
+            let mut hash: u32 = 0x811c_9dc5;
+            let mut buf = vec![0u8; SCAN_CHUNK.min(len as usize)];
+            let mut off = 0u64;
+            while off < len {
+                let n = (len - off).min(buf.len() as u64) as usize;
+                self.store
+                    .read_at(at + HEADER as u64 + off, &mut buf[..n])?;
+                for &b in &buf[..n] {
+                    hash ^= b as u32;
+                    hash = hash.wrapping_mul(0x0100_0193);
+                }
+                off += n as u64;
+            }
+            // Torn data: the tail ends here.
+            if hash != sum {
+                return Ok(None);
+            }
+        }
+        Ok(Some(EntryRef {
+            seq,
+            lba,
+            at,
+            len,
+            discard,
+            sum,
+        }))
+    }
+}
+
+/// One journal's entries, walked in order by a [`ReplayMerge`].
+struct Scanner {
+    j: Arc<WriteJournal>,
+    pos: ScanPos,
+}
+
+impl Scanner {
+    fn new(j: Arc<WriteJournal>) -> Self {
+        let pos = ScanPos::new(j.cur.lock().epoch);
+        Self { j, pos }
+    }
+
+    fn next_ref(&mut self) -> io::Result<Option<EntryRef>> {
+        self.j.next_entry(&mut self.pos)
+    }
+}
+
+/// Several journals' entries merged into one sequence order, read a batch
+/// at a time: what replay at open holds in memory is one batch and one
+/// entry header per journal, whatever the journals' sizes.
+pub struct ReplayMerge {
+    scanners: Vec<Scanner>,
+    heads: Vec<Option<EntryRef>>,
+    /// Per journal, the highest sequence number seen.
+    pub newest: Vec<u64>,
+    started: bool,
+}
+
+impl ReplayMerge {
+    pub fn new(journals: &[Arc<WriteJournal>]) -> Self {
+        Self {
+            scanners: journals.iter().cloned().map(Scanner::new).collect(),
+            heads: vec![None; journals.len()],
+            newest: vec![0; journals.len()],
+            started: false,
+        }
+    }
+
+    /// The next entries in sequence order, with their data, up to about
+    /// `max_bytes` of data (at least one entry); empty when all are done.
+    pub fn next_batch(&mut self, max_bytes: usize) -> io::Result<Vec<JEntry>> {
+        if !self.started {
+            for i in 0..self.scanners.len() {
+                self.advance(i)?;
+            }
+            self.started = true;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while bytes < max_bytes || out.is_empty() {
+            let next = self
+                .heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.as_ref().map(|r| (r.seq, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            let Some(r) = self.heads[i].take() else { break };
+            let e = self.scanners[i].j.load(&r)?;
+            bytes += match &e.op {
+                JOp::Write(d) => d.len(),
+                JOp::Discard(_) => HEADER,
+            };
+            out.push(e);
+            self.advance(i)?;
+        }
+        Ok(out)
+    }
+
+    fn advance(&mut self, i: usize) -> io::Result<()> {
+        let r = self.scanners[i].next_ref()?;
+        if let Some(r) = &r {
+            self.newest[i] = self.newest[i].max(r.seq);
+        }
+        self.heads[i] = r;
+        Ok(())
     }
 }
 
@@ -451,5 +618,59 @@ mod tests {
             j.append(0, &vec![0u8; 40 * 1024], 512, false, &seq),
             Err(AppendError::Full)
         ));
+    }
+
+    #[test]
+    fn merge_orders_across_journals_in_bounded_batches() {
+        let seq = AtomicU64::new(1);
+        let js: Vec<Arc<WriteJournal>> = (0..3)
+            .map(|_| {
+                let store: Arc<dyn Backend> = Arc::new(MemBackend::new(64 * 512).unwrap());
+                Arc::new(WriteJournal::open(store).unwrap())
+            })
+            .collect();
+        // Sequence numbers dealt round the journals out of turn.
+        for i in 0..12u64 {
+            let j = &js[(i * 7 % 3) as usize];
+            j.append(i, &[i as u8; 512], 512, false, &seq).unwrap();
+        }
+        js[1].append_discard(40, 4096, false, &seq).unwrap();
+        let mut m = ReplayMerge::new(&js);
+        let mut got = Vec::new();
+        loop {
+            let b = m.next_batch(1024).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            // 512-byte writes: two reach the bound.
+            assert!(b.len() <= 2, "batch of {}", b.len());
+            got.extend(b);
+        }
+        let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=13).collect::<Vec<_>>());
+        assert_eq!(write_of(&got[4]), &[4u8; 512][..]);
+        assert_eq!(got[12].op, JOp::Discard(4096));
+        assert_eq!(m.newest[1], 13);
+    }
+
+    #[test]
+    fn large_entries_are_checked_chunk_by_chunk() {
+        let store: Arc<dyn Backend> = Arc::new(MemBackend::new(8 << 20).unwrap());
+        let seq = AtomicU64::new(1);
+        let j = WriteJournal::open(store.clone()).unwrap();
+        // One entry larger than a scan chunk.
+        let data: Vec<u8> = (0..(3 << 19)).map(|i: u32| (i % 251) as u8).collect();
+        j.append(0, &data, 512, true, &seq).unwrap();
+        j.append(9000, &[1; 512], 512, true, &seq).unwrap();
+        let r = WriteJournal::open(store.clone()).unwrap().replay().unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(write_of(&r[0]), &data[..]);
+        // A torn byte in the second chunk ends the replay before it.
+        store
+            .write_at(512 + HEADER as u64 + (1 << 20) + 77, &[0xAA], false)
+            .unwrap();
+        let j = WriteJournal::open(store).unwrap();
+        assert!(j.replay().unwrap().is_empty());
+        assert_eq!(j.used(), 0);
     }
 }

@@ -121,7 +121,7 @@ pub struct JournalConfig {
 /// Smallest journal: a write longer than a quarter of it takes several
 /// entries, so this bounds the entry count of the longest host write.
 pub const MIN_JOURNAL_BYTES: u64 = 256 << 10;
-/// Largest journal: replay at open reads a journal's entries into memory.
+/// Largest journal: bounds how long replay at open can take.
 pub const MAX_JOURNAL_BYTES: u64 = 1 << 30;
 
 impl JournalConfig {
