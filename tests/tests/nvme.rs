@@ -584,8 +584,21 @@ async fn raw_connect(addr: SocketAddr, digests: Digests) -> TcpStream {
     s
 }
 
+/// How many NVMe digest errors of `kind` the metrics count so far.
+fn digest_errors(kind: &str) -> f64 {
+    let series = format!("vtgt_digest_errors_total{{protocol=\"nvme\",kind=\"{kind}\"}} ");
+    vtgt::metrics::render()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn malformed_pdus_terminate_only_their_connection() {
+    // The recorder is process-wide: installed once, by this test.
+    let listen = "127.0.0.1:0".parse().unwrap();
+    vtgt::metrics::install(listen).expect("metrics recorder");
     let (server, addr) = start().await;
     let ctrl = Controller::connect(addr, &host(Digests::default()), SUBNQN)
         .await
@@ -640,6 +653,9 @@ async fn malformed_pdus_terminate_only_their_connection() {
     b[n - 1] ^= 0xff;
     s.write_all(&b).await.unwrap();
     assert_eq!(expect_term(&mut s, dig).await, None);
+    // Both are counted.
+    assert_eq!(digest_errors("header"), 1.0);
+    assert_eq!(digest_errors("data"), 1.0);
     // In-capsule data beyond what we accept.
     let mut s = raw_connect(addr, Digests::default()).await;
     s.write_all(&tcp::encode_to_bytes(
