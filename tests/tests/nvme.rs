@@ -457,6 +457,7 @@ async fn response_capsules_when_sq_flow_control_is_on() {
 
 #[tokio::test]
 async fn keep_alive_timeout_tears_the_controller_down() {
+    metrics_on();
     let (server, addr) = start().await;
     // A host that keeps alive survives well past its KATO.
     let mut h = host(Digests::default());
@@ -479,6 +480,9 @@ async fn keep_alive_timeout_tears_the_controller_down() {
         }
     }
     assert!(gone, "the silent host's queues were not closed");
+    let series = format!("vtgt_nvme_keep_alive_timeouts_total{{subsystem=\"{SUBNQN}\"}}");
+    // Other tests' controllers may time out too once their hosts go.
+    assert!(metric(&series) >= 1.0, "{series} not counted");
     let q = Queue::open(addr, h2.digests, 2, 4).await.unwrap();
     let r = q.connect(&h2, SUBNQN, cntlid, 8, 0).await.unwrap();
     assert_eq!(
@@ -584,21 +588,34 @@ async fn raw_connect(addr: SocketAddr, digests: Digests) -> TcpStream {
     s
 }
 
-/// How many NVMe digest errors of `kind` the metrics count so far.
-fn digest_errors(kind: &str) -> f64 {
-    let series = format!("vtgt_digest_errors_total{{protocol=\"nvme\",kind=\"{kind}\"}} ");
+/// Installs the process-wide metrics recorder, once for all the tests.
+fn metrics_on() {
+    static ON: std::sync::Once = std::sync::Once::new();
+    ON.call_once(|| {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        vtgt::metrics::install(listen).expect("metrics recorder");
+    });
+}
+
+/// The value of a series in the metrics output, 0 when absent.
+fn metric(series: &str) -> f64 {
+    let prefix = format!("{series} ");
     vtgt::metrics::render()
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
         .unwrap_or(0.0)
+}
+
+fn digest_errors(kind: &str) -> f64 {
+    metric(&format!(
+        "vtgt_digest_errors_total{{protocol=\"nvme\",kind=\"{kind}\"}}"
+    ))
 }
 
 #[tokio::test]
 async fn malformed_pdus_terminate_only_their_connection() {
-    // The recorder is process-wide: installed once, by this test.
-    let listen = "127.0.0.1:0".parse().unwrap();
-    vtgt::metrics::install(listen).expect("metrics recorder");
+    metrics_on();
     let (server, addr) = start().await;
     let ctrl = Controller::connect(addr, &host(Digests::default()), SUBNQN)
         .await
