@@ -91,6 +91,10 @@ impl AccessState {
 pub struct Exposure {
     volume: Arc<Volume>,
     access: ArcSwap<AccessState>,
+    /// Replaced states admissions may still hold. A restrictive change
+    /// waits for all of them: a permission it removes may have been
+    /// granted by any older state, not just the one it replaces.
+    retired: parking_lot::Mutex<Vec<std::sync::Weak<AccessState>>>,
     /// The fast path's bounded cache of map entries.
     cache: MapCache,
 }
@@ -119,6 +123,7 @@ impl Exposure {
         Arc::new(Self {
             volume,
             access: ArcSwap::from_pointee(AccessState::open()),
+            retired: parking_lot::Mutex::new(Vec::new()),
             cache: MapCache::new(extents),
         })
     }
@@ -226,10 +231,19 @@ impl Exposure {
         let restrictive = old.restricts(&next);
         let prev = self.access.swap(Arc::new(next));
         drop(old);
+        let older = {
+            let mut r = self.retired.lock();
+            r.retain(|w| w.strong_count() > 0);
+            r.push(Arc::downgrade(&prev));
+            r.clone()
+        };
+        drop(prev);
         if restrictive {
             // Admissions hold a clone of the state they were admitted under.
-            while Arc::strong_count(&prev) > 1 {
-                tokio::time::sleep(Duration::from_micros(50)).await;
+            for w in older {
+                while w.strong_count() > 0 {
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                }
             }
         }
     }
@@ -363,6 +377,40 @@ mod tests {
             Arc::new(MemBackend::new(16 * 512).unwrap()),
             512,
         ))
+    }
+
+    /// A write admitted under an older state than the one a restriction
+    /// replaces (a non-restrictive change came in between) is still waited
+    /// for: the permission it was admitted with may be the one removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restriction_waits_for_admissions_under_any_older_state() {
+        let e = exposure();
+        let held = e.admit(1, IoKind::Write, 0, 1).unwrap();
+        // Grants something to nexus 2: not restrictive, returns at once.
+        let mut granted = AccessState::open();
+        granted.overrides.insert(2, Access::ALL);
+        e.publish(granted).await;
+        // Takes nexus 1's writes away.
+        let mut denied = AccessState::open();
+        denied.overrides.insert(
+            1,
+            Access {
+                read: true,
+                write: false,
+            },
+        );
+        let e2 = e.clone();
+        let restrict = tokio::spawn(async move { e2.publish(denied).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !restrict.is_finished(),
+            "the restriction returned with a write admitted before it in flight"
+        );
+        held.write(Bytes::from(vec![1u8; 512]), false)
+            .await
+            .unwrap();
+        restrict.await.unwrap();
+        assert!(e.admit(1, IoKind::Write, 0, 1).is_err());
     }
 
     #[tokio::test]

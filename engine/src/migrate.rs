@@ -360,7 +360,7 @@ impl Volume {
         let k = list.len() - 1;
         self.backends.store(Arc::new(list));
         if from > 0 {
-            self.map.store(Arc::new(staged(&old, k, from, 0, nb)));
+            self.set_map(staged(&old, k, from, 0, nb));
         }
         Ok((old, k))
     }
@@ -448,7 +448,7 @@ impl Volume {
             let next = staged(old, k, done, 0, nb);
             self.note_extents(next.extents().len());
             // Unrestrictive (grants the new location): no drain needed.
-            self.map.store(Arc::new(next));
+            self.set_map(next);
             self.migration.lock().done_bytes = done * bs;
         }
         let backends = self.backends();

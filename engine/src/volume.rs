@@ -41,6 +41,11 @@ pub struct Volume {
     /// Swapped (never shrunk) by migration; targets index into it.
     backends: ArcSwap<Vec<Arc<dyn Backend>>>,
     map: ArcSwap<ExtentMap>,
+    /// Map versions replaced while I/Os resolved through them may still be
+    /// running. A restrictive change waits for all of them, not just the
+    /// version it replaced: less restrictive changes publish without
+    /// waiting, so older versions can outlive newer ones.
+    retired_maps: parking_lot::Mutex<Vec<std::sync::Weak<ExtentMap>>>,
     pub counters: FaultCounters,
     /// Every write holds its range here; atomic commands hold it exclusively.
     locks: Arc<RangeLocks>,
@@ -373,7 +378,7 @@ impl Volume {
             }
             *self.meta.lock() = meta;
             drop(map);
-            self.map.store(Arc::new(next));
+            self.set_map(next);
             tracing::warn!(volume = %self.name,
                 "the machine restarted with the mirror open: its other legs resync whole from the first");
             for id in up.iter().chain(&resyncing) {
@@ -467,6 +472,7 @@ impl Volume {
             nblocks: AtomicU64::new(c.nblocks),
             backends: ArcSwap::from_pointee(backends),
             map: ArcSwap::from_pointee(c.map),
+            retired_maps: parking_lot::Mutex::new(Vec::new()),
             counters: FaultCounters::default(),
             locks: RangeLocks::new(),
             journal: Arc::new(parking_lot::Mutex::new(None)),
@@ -907,7 +913,7 @@ impl Volume {
         self.persist(&meta).await?;
         self.generation.store(meta.generation, Ordering::Release);
         *self.meta.lock() = meta;
-        self.map.store(Arc::new(map));
+        self.set_map(map);
         Ok(())
     }
 
@@ -961,14 +967,40 @@ impl Volume {
         self.persist(&meta).await?;
         *self.meta.lock() = meta;
         // Less restrictive: no need to wait for older I/Os.
-        self.map.store(Arc::new(next));
+        self.set_map(next);
         Ok(())
+    }
+
+    /// Publishes a map no more restrictive than the current one: I/Os
+    /// resolved through older versions may go on.
+    pub(crate) fn set_map(&self, next: ExtentMap) {
+        let old = self.map.swap(Arc::new(next));
+        self.retire_map(old);
+    }
+
+    /// Remembers a replaced map version until no I/O holds it.
+    fn retire_map(&self, old: Arc<ExtentMap>) {
+        let mut r = self.retired_maps.lock();
+        r.retain(|w| w.strong_count() > 0);
+        r.push(Arc::downgrade(&old));
+    }
+
+    /// Waits until every I/O resolved through a map version replaced so
+    /// far has finished. Never call it holding `cp`.
+    async fn drain_retired(&self) {
+        let older: Vec<std::sync::Weak<ExtentMap>> = self.retired_maps.lock().clone();
+        for w in older {
+            while w.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_micros(50)).await;
+            }
+        }
     }
 
     /// Publishes a more restrictive map and waits until every I/O resolved
     /// through an older one has finished. Never call it holding `cp`.
     async fn publish_and_drain(&self, next: ExtentMap) {
-        wait_drained(self.map.swap(Arc::new(next))).await;
+        self.set_map(next);
+        self.drain_retired().await;
     }
 
     /// Re-attaches a dead leg and resynchronises it: the leg takes writes at
@@ -976,7 +1008,7 @@ impl Volume {
     /// last in sync has been copied to it from a live leg. Returns the
     /// bytes copied.
     pub async fn attach_leg(&self, id: usize) -> Result<u64, EngineError> {
-        let old = {
+        {
             let _cp = self.cp.lock().await;
             let map = self.map.load_full();
             match map.legs().iter().find(|l| l.0 == id) {
@@ -1005,13 +1037,13 @@ impl Volume {
             *self.meta.lock() = meta;
             let next = map.with_leg_state(id, LegState::Resync);
             drop(map);
-            self.map.swap(Arc::new(next))
-        };
-        // Writes resolved before the swap could skip the leg: wait them out
-        // so every write from here on reaches it. Not under the CP lock: a
-        // write holding a range lock may need it (FoW stamping) while an
-        // admission under the old map waits for that range.
-        wait_drained(old).await;
+            self.set_map(next);
+        }
+        // Writes resolved through any older map could skip the leg: wait
+        // them out so every write from here on reaches it. Not under the CP
+        // lock: a write holding a range lock may need it (FoW stamping)
+        // while an admission under an old map waits for that range.
+        self.drain_retired().await;
         self.run_resync(id).await
     }
 
@@ -1121,7 +1153,7 @@ impl Volume {
         }
         self.persist(&meta).await?;
         *self.meta.lock() = meta;
-        self.map.store(Arc::new(map));
+        self.set_map(map);
         tracing::info!(volume = %self.name, leg = id, copied, "resync done");
         Ok(copied)
     }
@@ -1361,7 +1393,7 @@ impl Volume {
         let b = self.backends()[0].clone();
         let bytes = nblocks * self.block_size as u64;
         blocking(move || Ok(b.grow(bytes)?)).await?;
-        self.map.store(Arc::new(self.map.load().grown(nblocks)));
+        self.set_map(self.map.load().grown(nblocks));
         self.nblocks.store(nblocks, Ordering::Release);
         Ok(())
     }
@@ -1415,14 +1447,6 @@ fn unretired_ranges(
     matched.sort_by_key(|x| x.0.tag);
     out.extend(matched);
     out
-}
-
-/// Waits until nobody but us holds `old` (I/Os admitted or resolved
-/// through it hold a clone).
-async fn wait_drained(old: Arc<ExtentMap>) {
-    while Arc::strong_count(&old) > 1 {
-        tokio::time::sleep(Duration::from_micros(50)).await;
-    }
 }
 
 fn overlaps(s1: u64, n1: u64, s2: u64, n2: u64) -> bool {

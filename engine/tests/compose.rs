@@ -281,6 +281,45 @@ async fn writes_during_resync_reach_the_resyncing_leg() {
     );
 }
 
+/// A write admitted through an older map version than the one a leg
+/// attach replaces (here: before another region's first write stamped it)
+/// still skips the dead leg. The attach must wait for it too, or the
+/// resync copies the region before the write lands on the live leg only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_waits_for_writes_admitted_through_any_older_map() {
+    let backends: Vec<Arc<dyn Backend>> = vec![mem(LEG_BLOCKS), mem(LEG_BLOCKS)];
+    let layout = Layout::Mirror {
+        legs: vec![backend(0), backend(1)],
+    };
+    let v = Volume::with_layout("m", backends.clone(), &layout, BS as u32, None).unwrap();
+    let e = Exposure::new(v.clone());
+    let region = v.region_blocks();
+    v.fail_legs(&[1], None).await.unwrap();
+    // Region 0's first write stamps it; the fast path then admits writes
+    // there, which go to leg 0 only.
+    v.write(0, pattern(1, 8), false).await.unwrap();
+    let late = e
+        .admit(1, IoKind::Write, 16, 8)
+        .expect("fast-path admission");
+    // Region 1's first write publishes a newer map.
+    v.write(region, pattern(2, 8), false).await.unwrap();
+    let v2 = v.clone();
+    let attach = tokio::spawn(async move { v2.attach_leg(1).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let finished_early = attach.is_finished();
+    late.write(pattern(3, 8), false).await.unwrap();
+    attach.await.unwrap().unwrap();
+    assert!(
+        !finished_early,
+        "the attach finished with a write from an older map still pending"
+    );
+    assert_eq!(
+        raw(&backends[0], 0, 2 * region),
+        raw(&backends[1], 0, 2 * region),
+        "legs diverged"
+    );
+}
+
 #[tokio::test]
 async fn mirror_reads_fail_over_to_another_leg() {
     let legs = [faulty(64), faulty(64)];
