@@ -5,6 +5,7 @@
 //! PDU errors get a C2HTermReq and close this connection only.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-use vtgt_protocol::nvme::command::{admin as aop, sc, sgl, Cqe, Fuse, Sqe, Status};
+use vtgt_protocol::nvme::command::{admin as aop, nvm, sc, sgl, Cqe, Fuse, Sqe, Status};
 use vtgt_protocol::nvme::fabrics::{self, fctype, ConnectCmd, PropertyCmd, CATTR_DISABLE_SQFLOW};
 use vtgt_protocol::nvme::tcp::{
     self, fes, C2HData, CapsuleResp, Digests, FrameConfig, FrameError, ICResp, Pdu, TermReq, R2T,
@@ -678,7 +679,8 @@ impl Queue {
             Fuse::None => {}
         }
         let qid = self.qid;
-        tokio::spawn(async move {
+        let is_read = sqe.opcode() == nvm::READ;
+        let run = async move {
             let reply = io::execute(&ctrl, &sqe, data, xfer).await;
             if let Reply::Done { status, .. } = &reply {
                 if !status.is_success() {
@@ -686,7 +688,22 @@ impl Queue {
                 }
             }
             r.reply(cid, reply).await;
-        });
+        };
+        // Reads run to completion on this task when nothing has to wait
+        // (page-cache hits): no spawn and no wakeup of another task. A
+        // read that would wait goes on as its own task, which polls it
+        // again at once, so no wakeup is lost. Writes always get their own
+        // task: their kernel cost is higher, and run here they would keep
+        // this queue from reading the next command.
+        if is_read {
+            let mut run = Box::pin(run);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if run.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(run);
+            }
+        } else {
+            tokio::spawn(run);
+        }
         Flow::Continue
     }
 
@@ -773,7 +790,7 @@ fn sgl_of(sqe: &Sqe) -> vtgt_protocol::nvme::command::SglDesc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vtgt_protocol::nvme::command::{nvm, rw_sqe};
+    use vtgt_protocol::nvme::command::rw_sqe;
 
     fn half(cid: u16, fuse: Fuse) -> Sqe {
         let op = if fuse == Fuse::First {
