@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -13,6 +12,7 @@ use crate::error::EngineError;
 use crate::extent::{ExtentMap, Route, Target};
 use crate::fault::FaultReason;
 use crate::fpcache::MapCache;
+use crate::retired::Retired;
 use crate::volume::{backend_of, blocking, read_targets, Volume};
 use crate::NexusId;
 
@@ -91,10 +91,9 @@ impl AccessState {
 pub struct Exposure {
     volume: Arc<Volume>,
     access: ArcSwap<AccessState>,
-    /// Replaced states admissions may still hold. A restrictive change
-    /// waits for all of them: a permission it removes may have been
-    /// granted by any older state, not just the one it replaces.
-    retired: parking_lot::Mutex<Vec<std::sync::Weak<AccessState>>>,
+    /// Replaced states admissions may still hold: a permission a
+    /// restrictive change removes may have been granted by any of them.
+    retired: Retired<AccessState>,
     /// The fast path's bounded cache of map entries.
     cache: MapCache,
 }
@@ -123,7 +122,7 @@ impl Exposure {
         Arc::new(Self {
             volume,
             access: ArcSwap::from_pointee(AccessState::open()),
-            retired: parking_lot::Mutex::new(Vec::new()),
+            retired: Retired::new(),
             cache: MapCache::new(extents),
         })
     }
@@ -231,20 +230,10 @@ impl Exposure {
         let restrictive = old.restricts(&next);
         let prev = self.access.swap(Arc::new(next));
         drop(old);
-        let older = {
-            let mut r = self.retired.lock();
-            r.retain(|w| w.strong_count() > 0);
-            r.push(Arc::downgrade(&prev));
-            r.clone()
-        };
-        drop(prev);
+        self.retired.retire(prev);
         if restrictive {
             // Admissions hold a clone of the state they were admitted under.
-            for w in older {
-                while w.strong_count() > 0 {
-                    tokio::time::sleep(Duration::from_micros(50)).await;
-                }
-            }
+            self.retired.drain().await;
         }
     }
 }
@@ -370,6 +359,7 @@ impl Admission {
 mod tests {
     use super::*;
     use crate::backend::MemBackend;
+    use std::time::Duration;
 
     fn exposure() -> Arc<Exposure> {
         Exposure::new(Volume::simple(

@@ -23,6 +23,7 @@ use crate::journal::Journal;
 use crate::layout::{Compiled, Layout};
 use crate::mirror::{MirrorMeta, ResyncStatus};
 use crate::rangelock::{RangeGuard, RangeLocks};
+use crate::retired::Retired;
 use crate::tags::{TagEntry, TagTable, Tags};
 
 #[path = "migrate.rs"]
@@ -41,11 +42,9 @@ pub struct Volume {
     /// Swapped (never shrunk) by migration; targets index into it.
     backends: ArcSwap<Vec<Arc<dyn Backend>>>,
     map: ArcSwap<ExtentMap>,
-    /// Map versions replaced while I/Os resolved through them may still be
-    /// running. A restrictive change waits for all of them, not just the
-    /// version it replaced: less restrictive changes publish without
-    /// waiting, so older versions can outlive newer ones.
-    retired_maps: parking_lot::Mutex<Vec<std::sync::Weak<ExtentMap>>>,
+    /// Map versions replaced while I/Os resolved through them may still
+    /// be running (see `retired.rs`).
+    retired_maps: Retired<ExtentMap>,
     pub counters: FaultCounters,
     /// Every write holds its range here; atomic commands hold it exclusively.
     locks: Arc<RangeLocks>,
@@ -472,7 +471,7 @@ impl Volume {
             nblocks: AtomicU64::new(c.nblocks),
             backends: ArcSwap::from_pointee(backends),
             map: ArcSwap::from_pointee(c.map),
-            retired_maps: parking_lot::Mutex::new(Vec::new()),
+            retired_maps: Retired::new(),
             counters: FaultCounters::default(),
             locks: RangeLocks::new(),
             journal: Arc::new(parking_lot::Mutex::new(None)),
@@ -974,33 +973,14 @@ impl Volume {
     /// Publishes a map no more restrictive than the current one: I/Os
     /// resolved through older versions may go on.
     pub(crate) fn set_map(&self, next: ExtentMap) {
-        let old = self.map.swap(Arc::new(next));
-        self.retire_map(old);
-    }
-
-    /// Remembers a replaced map version until no I/O holds it.
-    fn retire_map(&self, old: Arc<ExtentMap>) {
-        let mut r = self.retired_maps.lock();
-        r.retain(|w| w.strong_count() > 0);
-        r.push(Arc::downgrade(&old));
-    }
-
-    /// Waits until every I/O resolved through a map version replaced so
-    /// far has finished. Never call it holding `cp`.
-    async fn drain_retired(&self) {
-        let older: Vec<std::sync::Weak<ExtentMap>> = self.retired_maps.lock().clone();
-        for w in older {
-            while w.strong_count() > 0 {
-                tokio::time::sleep(Duration::from_micros(50)).await;
-            }
-        }
+        self.retired_maps.retire(self.map.swap(Arc::new(next)));
     }
 
     /// Publishes a more restrictive map and waits until every I/O resolved
     /// through an older one has finished. Never call it holding `cp`.
     async fn publish_and_drain(&self, next: ExtentMap) {
         self.set_map(next);
-        self.drain_retired().await;
+        self.retired_maps.drain().await;
     }
 
     /// Re-attaches a dead leg and resynchronises it: the leg takes writes at
@@ -1043,7 +1023,7 @@ impl Volume {
         // them out so every write from here on reaches it. Not under the CP
         // lock: a write holding a range lock may need it (FoW stamping)
         // while an admission under an old map waits for that range.
-        self.drain_retired().await;
+        self.retired_maps.drain().await;
         self.run_resync(id).await
     }
 
