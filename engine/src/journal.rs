@@ -40,18 +40,7 @@ pub struct Journal {
 
 /// FNV-1a over the header fields and data: detects torn or stale entries.
 fn checksum(seq: u64, lba: u64, data: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let mut feed = |b: u8| {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    };
-    for b in seq.to_be_bytes().into_iter().chain(lba.to_be_bytes()) {
-        feed(b);
-    }
-    for &b in data {
-        feed(b);
-    }
-    h
+    crate::fnv::fnv1a(&[&seq.to_be_bytes(), &lba.to_be_bytes(), data])
 }
 
 impl Journal {

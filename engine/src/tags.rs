@@ -48,12 +48,7 @@ pub struct TagEntry {
 }
 
 fn crc(b: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &x in b {
-        h ^= x as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    crate::fnv::fnv1a(&[b])
 }
 
 fn encode(e: &TagEntry) -> [u8; SLOT_BYTES as usize] {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::backend::Backend;
+use crate::fnv::{self, fnv1a as fnv};
 
 const SB_MAGIC: u32 = 0x5654_574a; // "VTWJ"
 const ENTRY_MAGIC: u32 = 0x5654_5745; // "VTWE"
@@ -28,17 +29,6 @@ const ALIGN: u64 = 512;
 const HEADER: usize = 48;
 /// Entry flag: a discard of `len` bytes, with no data.
 const FLAG_DISCARD: u32 = 1;
-
-fn fnv(parts: &[&[u8]]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for p in parts {
-        for &b in *p {
-            h ^= b as u32;
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
-}
 
 /// What a replayed entry does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,18 +405,15 @@ impl WriteJournal {
         }
         let sum = u32at(40);
         if !discard {
-            // FNV-1a runs over the data in order, so chunks chain.
-            let mut hash: u32 = 0x811c_9dc5;
+            // The hash runs over the data in order, so chunks chain.
+            let mut hash = fnv::OFFSET;
             let mut buf = vec![0u8; SCAN_CHUNK.min(len as usize)];
             let mut off = 0u64;
             while off < len {
                 let n = (len - off).min(buf.len() as u64) as usize;
                 self.store
                     .read_at(at + HEADER as u64 + off, &mut buf[..n])?;
-                for &b in &buf[..n] {
-                    hash ^= b as u32;
-                    hash = hash.wrapping_mul(0x0100_0193);
-                }
+                hash = fnv::extend(hash, &buf[..n]);
                 off += n as u64;
             }
             // Torn data: the tail ends here.
