@@ -36,14 +36,13 @@ struct Rw<'a> {
     bytes: u64,
 }
 
-fn namespace(ctrl: &Controller, nsid: u32) -> Result<Arc<Namespace>, Status> {
-    ctrl.subsys
-        .namespace(nsid)
-        .ok_or(Status::generic(sc::INVALID_NS))
+/// The command's namespace, which [`execute`] looked up once.
+fn present(ns: Option<&Arc<Namespace>>) -> Result<&Arc<Namespace>, Status> {
+    ns.ok_or(Status::generic(sc::INVALID_NS))
 }
 
 fn resolve<'a>(ns: Option<&'a Arc<Namespace>>, sqe: &Sqe) -> Result<Rw<'a>, Status> {
-    let ns = ns.ok_or(Status::generic(sc::INVALID_NS))?;
+    let ns = present(ns)?;
     let nlb = sqe.nlb() as u64;
     let bytes = nlb * ns.entry.volume.block_size() as u64;
     Ok(Rw {
@@ -90,7 +89,6 @@ async fn run(
     data: Bytes,
     xfer: u32,
 ) -> Result<Reply, Status> {
-    let this_ns = || ns.cloned().ok_or(Status::generic(sc::INVALID_NS));
     match sqe.opcode() {
         nvm::READ => {
             let rw = resolve(ns, sqe)?;
@@ -120,7 +118,7 @@ async fn run(
             let targets: Vec<Arc<Namespace>> = if nsid == u32::MAX {
                 ctrl.subsys.namespaces().values().cloned().collect()
             } else {
-                vec![this_ns()?]
+                vec![present(ns)?.clone()]
             };
             // Flush belongs to the write command group (as in Linux nvmet).
             for ns in &targets {
@@ -165,14 +163,14 @@ async fn run(
             Ok(Reply::ok())
         }
         nvm::DSM => {
-            let ns = this_ns()?;
+            let ns = present(ns)?;
             let nr = (sqe.dw(10) & 0xff) as usize + 1;
             let ranges =
                 DsmRange::parse_all(&data, nr).ok_or(Status::generic(sc::SGL_INVALID_DATA_LEN))?;
             // Only the deallocate attribute changes anything.
             if sqe.dw(11) & (1 << 2) != 0 {
                 control_notices(ctrl).await;
-                pr::check(ctrl, &ns, true).await?;
+                pr::check(ctrl, ns, true).await?;
                 let v = &ns.entry.volume;
                 for r in &ranges {
                     v.check_range(r.slba, r.nlb as u64)
@@ -192,9 +190,9 @@ async fn run(
             Ok(Reply::ok())
         }
         nvm::RESV_REGISTER | nvm::RESV_REPORT | nvm::RESV_ACQUIRE | nvm::RESV_RELEASE => {
-            let ns = this_ns()?;
+            let ns = present(ns)?;
             control_notices(ctrl).await;
-            pr::execute(ctrl, &ns, sqe, &data, xfer).await
+            pr::execute(ctrl, ns, sqe, &data, xfer).await
         }
         _ => Err(Status::generic(sc::INVALID_OPCODE)),
     }
@@ -235,7 +233,7 @@ pub async fn fused(
     {
         return (Status::generic(sc::INVALID_FIELD), aborted);
     }
-    let ns = namespace(ctrl, first.nsid()).ok();
+    let ns = ctrl.subsys.namespace(first.nsid());
     let (c, w) = match (resolve(ns.as_ref(), first), resolve(ns.as_ref(), second)) {
         (Ok(c), Ok(w)) => (c, w),
         (Err(s), _) | (_, Err(s)) => return (s, aborted),
